@@ -1,0 +1,1 @@
+"""The ingest side: HTTP gateway, webhook signature verification, Kafka producer, backfill."""

@@ -1,0 +1,1 @@
+"""PostgreSQL writers, mirror and monitoring tables, migrations, metrics and the monitor API."""

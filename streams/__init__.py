@@ -1,0 +1,1 @@
+"""Stream processing of Stripe events: Faust app, topics, router, family agents, handlers, CLI."""

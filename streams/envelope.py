@@ -1,0 +1,157 @@
+"""The envelope every Stripe event travels in through the log, and the dead letter around it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from streams.errors import InvalidEvent
+
+THIN_EVENT_OBJECT = "v2.core.event"
+
+
+class EventSource(StrEnum):
+    """How an event entered the log."""
+
+    WEBHOOK = "webhook"
+    BACKFILL = "backfill"
+    REPLAY = "replay"
+    DLQ_RETRY = "dlq_retry"
+
+
+@dataclass(frozen=True, slots=True)
+class EventEnvelope:
+    """One Stripe event with the fields the pipeline routes, orders and audits by.
+
+    ``payload`` is the raw event JSON exactly as received, so any projection can be rebuilt
+    from the log without loss.
+    """
+
+    id: str
+    type: str
+    object_id: str
+    object_type: str
+    created: int
+    api_version: str | None
+    livemode: bool
+    account: str | None
+    endpoint: str
+    source: EventSource
+    received_at: datetime
+    payload: str
+
+    @classmethod
+    def from_stripe_event(
+        cls,
+        raw: bytes | str,
+        *,
+        endpoint: str,
+        source: EventSource,
+        received_at: datetime | None = None,
+    ) -> EventEnvelope:
+        """Wrap a raw Stripe event body (snapshot or thin event); raise InvalidEvent if it is not one."""
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        try:
+            event = json.loads(text)
+        except (UnicodeDecodeError, ValueError):
+            raise InvalidEvent("body is not JSON") from None
+        return cls.from_event_dict(
+            event, payload=text, endpoint=endpoint, source=source, received_at=received_at
+        )
+
+    @classmethod
+    def from_event_dict(
+        cls,
+        event: Any,
+        *,
+        payload: str,
+        endpoint: str,
+        source: EventSource,
+        received_at: datetime | None = None,
+    ) -> EventEnvelope:
+        """Wrap an already-parsed Stripe event whose raw JSON text is ``payload``."""
+        if not isinstance(event, dict):
+            raise InvalidEvent("body is not a JSON object")
+        event_id, event_type = event.get("id"), event.get("type")
+        if not isinstance(event_id, str) or not event_id:
+            raise InvalidEvent("event has no 'id'")
+        if not isinstance(event_type, str) or not event_type:
+            raise InvalidEvent("event has no 'type'")
+        if event.get("object") == THIN_EVENT_OBJECT:
+            object_id, object_type = _thin_event_object(event)
+            created = _created_of_thin_event(event.get("created"))
+        elif event.get("object") == "event":
+            object_id, object_type = _snapshot_event_object(event)
+            created = event.get("created")
+            if not isinstance(created, int) or isinstance(created, bool):
+                raise InvalidEvent("event has no integer 'created'")
+        else:
+            raise InvalidEvent("'object' is neither 'event' nor 'v2.core.event'")
+        account = event.get("account") or event.get("context")
+        api_version = event.get("api_version")
+        return cls(
+            id=event_id,
+            type=event_type,
+            object_id=object_id,
+            object_type=object_type,
+            created=created,
+            api_version=api_version if isinstance(api_version, str) else None,
+            livemode=bool(event.get("livemode", False)),
+            account=account if isinstance(account, str) else None,
+            endpoint=endpoint,
+            source=source,
+            received_at=received_at or datetime.now(UTC),
+            payload=payload,
+        )
+
+    def event(self) -> dict[str, Any]:
+        """Return the raw Stripe event, parsed."""
+        parsed: dict[str, Any] = json.loads(self.payload)
+        return parsed
+
+    @property
+    def key(self) -> bytes:
+        """Kafka key: the object id, so every event of one object stays in one partition."""
+        return self.object_id.encode("utf-8")
+
+    def with_source(self, source: EventSource) -> EventEnvelope:
+        """Return this envelope re-entering the log by another path (replay, DLQ retry)."""
+        return EventEnvelope(**{**self.as_record(), "source": source})
+
+    def as_record(self) -> dict[str, Any]:
+        """Return the envelope as an Avro record (field name to value)."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+def _snapshot_event_object(event: dict[str, Any]) -> tuple[str, str]:
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    if not isinstance(obj, dict):
+        raise InvalidEvent("event has no 'data.object'")
+    object_id = obj.get("id")
+    object_type = obj.get("object")
+    return (
+        object_id if isinstance(object_id, str) and object_id else event["id"],
+        object_type if isinstance(object_type, str) and object_type else "event",
+    )
+
+
+def _thin_event_object(event: dict[str, Any]) -> tuple[str, str]:
+    related = event.get("related_object")
+    if isinstance(related, dict) and isinstance(related.get("id"), str):
+        return related["id"], str(related.get("type") or "event")
+    return event["id"], "event"
+
+
+def _created_of_thin_event(created: Any) -> int:
+    if isinstance(created, int) and not isinstance(created, bool):
+        return created
+    if isinstance(created, str):
+        try:
+            return int(datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp())
+        except ValueError:
+            pass
+    raise InvalidEvent("thin event has no valid 'created'")

@@ -1,0 +1,235 @@
+"""The one typed, frozen settings object of stripe-streams.
+
+Every setting is declared once below with its environment variable, default and meaning, so the
+documentation (``stripe-streams settings``) is generated from this declaration. Secrets are held in
+:class:`Secret`, whose ``repr`` and ``str`` never reveal the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streams.errors import ConfigurationError
+
+ENDPOINT_SECRETS_PREFIX = "STRIPE_WEBHOOK_SECRETS_"
+DEFAULT_ENDPOINT = "default"
+_ENDPOINT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Secret:
+    """A secret value that is masked wherever it could be printed or logged."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """Return the secret itself; call only where it is used, never to print it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _text(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw.strip()
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"must be an integer, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"must be positive, got {value}")
+    return value
+
+
+def _optional_secret(raw: str) -> Secret | None:
+    return Secret(raw.strip()) if raw.strip() else None
+
+
+def _optional_text(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _database_url(raw: str) -> str:
+    if not raw.startswith(("postgresql://", "postgres://")):
+        raise ValueError("must be a postgresql:// URL")
+    return raw
+
+
+def _bootstrap(raw: str) -> str:
+    for server in raw.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"must be host:port[,host:port...], got {server.strip()!r}")
+    return raw.strip()
+
+
+def _topic_prefix(raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", raw):
+        raise ValueError("may contain only letters, digits, '.', '_' and '-'")
+    return raw
+
+
+def _kafka_version(raw: str) -> str:
+    if not re.fullmatch(r"\d+\.\d+\.\d+", raw):
+        raise ValueError(f"must be a Kafka release such as 3.9.1, got {raw!r}")
+    return raw
+
+
+def _secret_list(raw: str) -> tuple[Secret, ...]:
+    secrets = tuple(Secret(s.strip()) for s in raw.split(",") if s.strip())
+    if not secrets:
+        raise ValueError("must hold at least one signing secret")
+    return secrets
+
+
+def setting(env: str, default: Any, doc: str, parse: Callable[[str], Any] = _text) -> Any:
+    """Declare one setting: its environment variable, default, parser and meaning."""
+    return field(default=default, metadata={"env": env, "doc": doc, "parse": parse})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Configuration of every stripe-streams command, read from the environment or flags."""
+
+    kafka_bootstrap_servers: str = setting(
+        "KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", "Kafka brokers, host:port[,host:port...].",
+        _bootstrap,
+    )
+    database_url: str = setting(
+        "DATABASE_URL",
+        "postgresql://postgres@127.0.0.1:5432/stripe_streams",
+        "PostgreSQL URL; libpq PG* variables fill whatever the URL leaves out.",
+        _database_url,
+    )
+    webhook_secrets: Mapping[str, tuple[Secret, ...]] = field(
+        default_factory=dict,
+        metadata={
+            "env": "STRIPE_WEBHOOK_SECRETS",
+            "doc": "Comma-separated signing secrets of the default endpoint (several during "
+            "rotation); STRIPE_WEBHOOK_SECRETS_<NAME> declares the endpoint "
+            "/webhooks/stripe/<name> with its own secrets.",
+        },
+    )
+    webhook_tolerance: int = setting(
+        "STRIPE_WEBHOOK_TOLERANCE", 300, "Max age of a signature timestamp, seconds.",
+        _positive_int,
+    )
+    stripe_api_key: Secret | None = setting(
+        "STRIPE_API_KEY", None, "Secret key for backfill from Stripe's Events API.",
+        _optional_secret,
+    )
+    stripe_api_base: str | None = setting(
+        "STRIPE_API_BASE", None, "Base URL of Stripe's API (a local double in tests).",
+        _optional_text,
+    )
+    topic_prefix: str = setting(
+        "STRIPE_STREAMS_TOPIC_PREFIX", "stripe", "Prefix of every Kafka topic.", _topic_prefix,
+    )
+    topic_partitions: int = setting(
+        "STRIPE_STREAMS_PARTITIONS", 6, "Partitions of topics the project creates.",
+        _positive_int,
+    )
+    kafka_version: str = setting(
+        "STRIPE_STREAMS_KAFKA_VERSION", "3.9.1",
+        "Apache Kafka release run by 'services up'.", _kafka_version,
+    )
+    state_dir: Path = setting(
+        "STRIPE_STREAMS_STATE_DIR", REPO_ROOT / ".services",
+        "Where 'services up' keeps data, logs and pid files of the local Kafka and PostgreSQL.",
+        lambda raw: Path(raw).expanduser().resolve(),
+    )
+    produce_timeout: float = setting(
+        "STRIPE_STREAMS_PRODUCE_TIMEOUT", 5.0,
+        "Seconds the gateway waits for Kafka's acknowledgement before answering 503.",
+        _positive_float,
+    )
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Build settings from the environment, then apply explicit overrides (command flags).
+
+        A wrong value raises :class:`ConfigurationError` naming the variable.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            name = f.metadata["env"]
+            if f.name == "webhook_secrets":
+                values[f.name] = _endpoint_secrets(env)
+            elif name in env:
+                try:
+                    values[f.name] = f.metadata["parse"](env[name])
+                except ValueError as exc:
+                    raise ConfigurationError(f"{name} {exc}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def topic(self, suffix: str = "") -> str:
+        """Return the full name of a topic: ``<prefix>.events`` plus an optional suffix."""
+        base = f"{self.topic_prefix}.events"
+        return f"{base}.{suffix}" if suffix else base
+
+    def secrets_for(self, endpoint: str) -> tuple[Secret, ...] | None:
+        """Return the signing secrets of an endpoint, or None when it is not declared."""
+        return self.webhook_secrets.get(endpoint)
+
+    @classmethod
+    def documented(cls) -> Iterator[tuple[str, str, str]]:
+        """Yield (environment variable, default, meaning) of every setting."""
+        for f in dataclasses.fields(cls):
+            default = "none" if f.default in (None, dataclasses.MISSING) else str(f.default)
+            yield f.metadata["env"], default, f.metadata["doc"]
+
+
+def _endpoint_secrets(env: Mapping[str, str]) -> dict[str, tuple[Secret, ...]]:
+    endpoints: dict[str, tuple[Secret, ...]] = {}
+    for name, raw in env.items():
+        if name == "STRIPE_WEBHOOK_SECRETS":
+            endpoint = DEFAULT_ENDPOINT
+        elif name.startswith(ENDPOINT_SECRETS_PREFIX):
+            endpoint = name.removeprefix(ENDPOINT_SECRETS_PREFIX).lower()
+            if not _ENDPOINT_NAME.fullmatch(endpoint):
+                raise ConfigurationError(
+                    f"{name}: endpoint name must be lowercase letters, digits, '_' or '-'"
+                )
+        else:
+            continue
+        try:
+            endpoints[endpoint] = _secret_list(raw)
+        except ValueError as exc:
+            raise ConfigurationError(f"{name} {exc}") from None
+    return endpoints
