@@ -1,0 +1,1 @@
+"""Pure handlers, one module per Stripe resource family, registered in :mod:`.registry`."""
