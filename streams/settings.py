@@ -8,6 +8,7 @@ documentation (``stripe-streams settings``) is generated from this declaration. 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -114,6 +115,29 @@ def _secret_list(raw: str) -> tuple[Secret, ...]:
     return secrets
 
 
+def _non_negative_int(raw: str) -> int:
+    return 0 if raw.strip() == "0" else _positive_int(raw)
+
+
+def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None:
+    try:
+        networks = tuple(
+            ipaddress.ip_network(item.strip(), strict=False)
+            for item in raw.split(",")
+            if item.strip()
+        )
+    except ValueError as exc:
+        raise ValueError(f"must be comma-separated networks such as 3.18.12.63/32: {exc}") from None
+    return networks or None
+
+
+def _compression(raw: str) -> str | None:
+    choice = raw.strip().lower()
+    if choice not in ("none", "gzip", "snappy", "lz4", "zstd"):
+        raise ValueError(f"must be none, gzip, snappy, lz4 or zstd, got {raw!r}")
+    return None if choice == "none" else choice
+
+
 def setting(env: str, default: Any, doc: str, parse: Callable[[str], Any] = _text) -> Any:
     """Declare one setting: its environment variable, default, parser and meaning."""
     return field(default=default, metadata={"env": env, "doc": doc, "parse": parse})
@@ -174,6 +198,38 @@ class Settings:
         "STRIPE_STREAMS_PRODUCE_TIMEOUT", 5.0,
         "Seconds the gateway waits for Kafka's acknowledgement before answering 503.",
         _positive_float,
+    )
+    retry_after: int = setting(
+        "STRIPE_STREAMS_RETRY_AFTER", 10,
+        "Seconds the gateway asks the sender to wait (Retry-After) with a 503 or 429.",
+        _positive_int,
+    )
+    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = setting(
+        "STRIPE_STREAMS_ALLOWED_NETWORKS", None,
+        "Comma-separated networks the gateway accepts webhooks from (Stripe publishes its "
+        "webhook addresses); others get 403. Unset: any source.",
+        _networks,
+    )
+    endpoint_concurrency: int = setting(
+        "STRIPE_STREAMS_ENDPOINT_CONCURRENCY", 0,
+        "Most webhook requests one endpoint handles at once; beyond it the gateway answers 429 "
+        "with Retry-After. 0: no bound.",
+        _non_negative_int,
+    )
+    producer_linger_ms: int = setting(
+        "STRIPE_STREAMS_PRODUCER_LINGER_MS", 1,
+        "Milliseconds the gateway's producer waits to fill a batch before sending it.",
+        _non_negative_int,
+    )
+    producer_batch_bytes: int = setting(
+        "STRIPE_STREAMS_PRODUCER_BATCH_BYTES", 131072,
+        "Largest batch of events the gateway's producer sends to one partition, bytes.",
+        _positive_int,
+    )
+    producer_compression: str | None = setting(
+        "STRIPE_STREAMS_PRODUCER_COMPRESSION", None,
+        "Compression of the gateway's batches: none, gzip, snappy, lz4 or zstd.",
+        _compression,
     )
 
     @classmethod
