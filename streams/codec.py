@@ -94,10 +94,10 @@ def _decode(schema: AvroSchema, message: bytes) -> dict[str, Any]:
         )
     body = io.BytesIO(message[HEADER_SIZE:])
     try:
-        record: dict[str, Any] = fastavro.schemaless_reader(body, schema.parsed, None)
+        record = fastavro.schemaless_reader(body, schema.parsed, None)
     except (EOFError, StopIteration, ValueError, IndexError, UnicodeDecodeError) as exc:
         raise CodecError(f"truncated or corrupt {schema.name} message: {exc!r}") from None
-    if body.read(1):
+    if body.read(1) or not isinstance(record, dict):
         raise CodecError(f"{schema.name} message has trailing bytes after the record")
     return record
 

@@ -52,11 +52,11 @@ class EventEnvelope:
         source: EventSource,
         received_at: datetime | None = None,
     ) -> EventEnvelope:
-        """Wrap a raw Stripe event body (snapshot or thin event); raise InvalidEvent if it is not one."""
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        """Wrap a raw Stripe event body (snapshot or thin); raise InvalidEvent if it is none."""
         try:
+            text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
             event = json.loads(text)
-        except (UnicodeDecodeError, ValueError):
+        except ValueError:
             raise InvalidEvent("body is not JSON") from None
         return cls.from_event_dict(
             event, payload=text, endpoint=endpoint, source=source, received_at=received_at
@@ -85,9 +85,7 @@ class EventEnvelope:
             created = _created_of_thin_event(event.get("created"))
         elif event.get("object") == "event":
             object_id, object_type = _snapshot_event_object(event)
-            created = event.get("created")
-            if not isinstance(created, int) or isinstance(created, bool):
-                raise InvalidEvent("event has no integer 'created'")
+            created = _created_of_snapshot_event(event.get("created"))
         else:
             raise InvalidEvent("'object' is neither 'event' nor 'v2.core.event'")
         account = event.get("account") or event.get("context")
@@ -144,6 +142,12 @@ def _thin_event_object(event: dict[str, Any]) -> tuple[str, str]:
     if isinstance(related, dict) and isinstance(related.get("id"), str):
         return related["id"], str(related.get("type") or "event")
     return event["id"], "event"
+
+
+def _created_of_snapshot_event(created: Any) -> int:
+    if isinstance(created, int) and not isinstance(created, bool):
+        return created
+    raise InvalidEvent("event has no integer 'created'")
 
 
 def _created_of_thin_event(created: Any) -> int:

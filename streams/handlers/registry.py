@@ -123,7 +123,7 @@ REGISTRY = HandlerRegistry()
 
 @cache
 def load_handlers() -> HandlerRegistry:
-    """Import every family module of this package so each registers itself, then return the registry."""
+    """Import every family module of this package so each registers itself; return the registry."""
     package = importlib.import_module("streams.handlers")
     for module in pkgutil.iter_modules(package.__path__):
         if module.name != "registry":

@@ -1,0 +1,37 @@
+"""`services up|down|status` on private ports: idempotent start, stop by pid, nothing left."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+
+from streams.services.kafka import LocalKafka
+from streams.services.postgres import LocalPostgres
+from streams.services.process import is_alive
+from streams.topics import ensure_topics
+
+
+def test_kafka_up_is_idempotent_and_down_stops_it(private_kafka: LocalKafka) -> None:
+    pid = private_kafka.up()
+    try:
+        assert private_kafka.up() == pid
+        assert private_kafka.pid() == pid
+        asyncio.run(ensure_topics(private_kafka.address, ["probe.events"], partitions=2))
+    finally:
+        assert private_kafka.down() is True
+    assert not is_alive(pid)
+    assert private_kafka.pid() is None
+    assert private_kafka.down() is False
+
+
+def test_postgres_up_is_idempotent_and_down_stops_it(private_postgres: LocalPostgres) -> None:
+    pid = private_postgres.up()
+    try:
+        assert private_postgres.up() == pid
+        with psycopg.connect(private_postgres.url) as conn:
+            assert conn.execute("SELECT current_database()").fetchone() == ("stripe_streams",)
+    finally:
+        assert private_postgres.down() is True
+    assert not is_alive(pid)
+    assert private_postgres.pid() is None

@@ -1,0 +1,100 @@
+"""Avro single-object encoding: round trips, and clear errors for foreign or damaged messages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streams.codec import (
+    DeadLetter,
+    decode_dead_letter,
+    decode_event,
+    encode_dead_letter,
+    encode_event,
+    schemas,
+)
+from streams.envelope import EventEnvelope, EventSource
+from streams.errors import CodecError
+
+texts = st.text(max_size=40)
+instants = st.datetimes(
+    min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
+)
+envelopes = st.builds(
+    EventEnvelope,
+    id=texts,
+    type=texts,
+    object_id=texts,
+    object_type=texts,
+    created=st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    api_version=st.none() | texts,
+    livemode=st.booleans(),
+    account=st.none() | texts,
+    endpoint=texts,
+    source=st.sampled_from(EventSource),
+    received_at=instants,
+    payload=st.text(max_size=2000),
+)
+dead_letters = st.builds(
+    DeadLetter,
+    event=envelopes,
+    error_type=texts,
+    error_message=st.text(max_size=500),
+    retriable=st.booleans(),
+    handler=texts,
+    attempts=st.integers(min_value=1, max_value=2**31 - 1),
+    source_topic=texts,
+    source_partition=st.integers(min_value=0, max_value=2**31 - 1),
+    source_offset=st.integers(min_value=0, max_value=2**63 - 1),
+    first_failed_at=instants,
+    last_failed_at=instants,
+)
+
+
+@given(envelopes)
+def test_envelopes_round_trip(envelope: EventEnvelope) -> None:
+    assert decode_event(encode_event(envelope)) == envelope
+
+
+@given(dead_letters)
+def test_dead_letters_round_trip(letter: DeadLetter) -> None:
+    assert decode_dead_letter(encode_dead_letter(letter)) == letter
+
+
+@given(envelopes)
+def test_message_starts_with_marker_and_schema_fingerprint(envelope: EventEnvelope) -> None:
+    message = encode_event(envelope)
+    assert message[:2] == b"\xc3\x01"
+    assert message[2:10] == schemas()["StripeEvent"].fingerprint
+
+
+def test_fingerprint_is_crc64_avro_of_the_canonical_form_little_endian() -> None:
+    # The Avro specification's reference value for the schema "int" pins the byte order.
+    from fastavro.schema import fingerprint
+
+    assert bytes.fromhex(fingerprint('"int"', "CRC-64-AVRO")) == (0x7275D51A3F395C8F).to_bytes(
+        8, "little"
+    )
+
+
+@given(envelopes, st.data())
+def test_truncated_messages_are_refused(envelope: EventEnvelope, data: st.DataObject) -> None:
+    message = encode_event(envelope)
+    cut = data.draw(st.integers(min_value=0, max_value=len(message) - 1))
+    with pytest.raises(CodecError):
+        decode_event(message[:cut])
+
+
+def test_a_message_of_another_schema_is_refused_by_fingerprint() -> None:
+    envelope = EventEnvelope(
+        id="evt_1", type="customer.created", object_id="cus_1", object_type="customer",
+        created=1, api_version=None, livemode=False, account=None, endpoint="default",
+        source=EventSource.WEBHOOK, received_at=datetime(2026, 1, 1, tzinfo=UTC), payload="{}",
+    )
+    with pytest.raises(CodecError, match="unknown schema fingerprint"):
+        decode_dead_letter(encode_event(envelope))
+    with pytest.raises(CodecError, match="marker"):
+        decode_event(b'{"id": "evt_1"}')
