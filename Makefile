@@ -32,7 +32,7 @@ test: migrate lint
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
 demo: migrate
-	$(BIN)/python -m streams.demo
+	$(CLI) services status
 
 down:
 	$(CLI) services down
