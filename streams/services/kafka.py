@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streams.errors import DependencyUnavailable, ServiceError
-from streams.services.process import read_pid, stop_process
+from streams.services.process import ensure_port_free, read_pid, stop_process
 from streams.settings import REPO_ROOT
 from streams.topics import raise_topic_errors
 
@@ -73,6 +73,7 @@ class LocalKafka:
         if running is not None:
             return running
         _require("java", "install Java 17 (apt-get install openjdk-17-jre-headless)")
+        ensure_port_free(self.host, self.port, "Kafka", "KAFKA_BOOTSTRAP_SERVERS")
         self.resolve_jars()
         self.home.mkdir(parents=True, exist_ok=True)
         self._write_config()

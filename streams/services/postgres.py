@@ -15,7 +15,7 @@ import psycopg
 from psycopg import sql
 
 from streams.errors import ServiceError
-from streams.services.process import read_pid, stop_process
+from streams.services.process import ensure_port_free, read_pid, stop_process
 
 DEBIAN_BINARIES = Path("/usr/lib/postgresql")
 READY_TIMEOUT = 60.0
@@ -58,6 +58,7 @@ class LocalPostgres:
         bindir = find_binaries()
         running = self.pid()
         if running is None:
+            ensure_port_free(self.host, self.port, "PostgreSQL", "DATABASE_URL")
             self._init_cluster(bindir)
             self._run(
                 bindir / "pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_file),

@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import time
 from pathlib import Path
+
+from streams.errors import ServiceError
 
 
 def read_pid(pid_file: Path) -> int | None:
@@ -58,3 +61,14 @@ def _reap(pid: int) -> None:
     # A child of this very process stays a zombie until it is waited for.
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def ensure_port_free(host: str, port: int, service: str, variable: str) -> None:
+    """Refuse to start a service on an address some other process already serves."""
+    with socket.socket() as probe:
+        probe.settimeout(1)
+        if probe.connect_ex((host, port)) == 0:
+            raise ServiceError(
+                f"{host}:{port} is already served by a process 'services up' did not start; "
+                f"stop it or point {variable} at another address before starting {service}"
+            )

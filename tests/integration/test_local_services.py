@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from urllib.parse import urlsplit
 
 import psycopg
+import pytest
 
+from streams.errors import ServiceError
 from streams.services.kafka import LocalKafka
 from streams.services.postgres import LocalPostgres
 from streams.services.process import is_alive
@@ -35,3 +39,13 @@ def test_postgres_up_is_idempotent_and_down_stops_it(private_postgres: LocalPost
         assert private_postgres.down() is True
     assert not is_alive(pid)
     assert private_postgres.pid() is None
+
+
+def test_up_refuses_an_address_another_process_serves(
+    private_postgres: LocalPostgres, postgres_admin_url: str
+) -> None:
+    taken = urlsplit(postgres_admin_url)
+    squatter = replace(private_postgres, host=taken.hostname or "", port=taken.port or 5432)
+    with pytest.raises(ServiceError, match="already served by a process"):
+        squatter.up()
+    assert squatter.pid() is None
