@@ -56,6 +56,14 @@ def migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def gateway(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the ingest gateway: verified Stripe webhooks appended to the Kafka log."""
+    from ingest.server import run_gateway
+
+    run_gateway(settings, args.host, args.port)
+    return 0
+
+
 def show_settings(settings: Settings, args: argparse.Namespace) -> int:
     """Print every setting: environment variable, default and meaning."""
     table = Table("variable", "default", "meaning")
@@ -69,6 +77,11 @@ def _services_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=("up", "down", "status"))
 
 
+def _gateway_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on")
+
+
 def _no_arguments(parser: argparse.ArgumentParser) -> None:
     return None
 
@@ -76,6 +89,7 @@ def _no_arguments(parser: argparse.ArgumentParser) -> None:
 COMMANDS: dict[str, tuple[Command, Callable[[argparse.ArgumentParser], None]]] = {
     "services": (services, _services_arguments),
     "migrate": (migrate, _no_arguments),
+    "gateway": (gateway, _gateway_arguments),
     "settings": (show_settings, _no_arguments),
 }
 

@@ -1,0 +1,342 @@
+"""Throughput and latency of the ingest gateway against a bare aiokafka producer, same run.
+
+    .venv/bin/python bench/gateway.py [--duration 15] [--repeats 3] [--rate 3000]
+
+Starts ``stripe-streams gateway`` on a free port against the broker of KAFKA_BOOTSTRAP_SERVERS
+(a fresh topic prefix per run), then alternates, ``--repeats`` times:
+
+* bare: one aiokafka producer with the gateway's settings (acks=all, idempotent, same linger,
+  batch size and compression) sends the very envelopes the gateway would write, 64 sends in
+  flight, each awaited until acknowledged;
+* gateway: 64 keep-alive connections post signed events of 3-4 KB built from Stripe's fixtures,
+  each waiting for its 200 (which the gateway sends after Kafka's acknowledgement).
+
+Then one open-loop run at ``--rate`` requests/s measures latency from each request's scheduled
+send time, so a stall counts against every request it delays. The machine is shared, so medians
+and the gateway/bare ratio matter more than any single figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import uvloop
+from aiokafka import AIOKafkaProducer
+
+from ingest.producer import MAX_REQUEST_BYTES
+from ingest.signature import signature_header
+from streams.codec import encode_event
+from streams.envelope import EventEnvelope, EventSource
+from streams.settings import REPO_ROOT, Secret, Settings
+
+FIXTURES = REPO_ROOT.parent / "shared" / "stripe" / "fixtures3.json"
+SECRET = Secret("whsec_bench_gateway")
+# Event types of the resources whose events weigh 3-4 KB, as most billing traffic does.
+EVENT_MIX = (
+    ("charge", "charge.succeeded", "ch"),
+    ("checkout.session", "checkout.session.completed", "cs"),
+    ("invoice", "invoice.paid", "in"),
+    ("credit_note", "credit_note.created", "cn"),
+    ("account", "account.updated", "acct"),
+)
+
+
+@dataclass
+class Run:
+    """What one load run measured."""
+
+    sent: int = 0
+    ok: int = 0
+    failed: dict[int, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.seconds if self.seconds else 0.0
+
+    def percentile(self, fraction: float) -> float:
+        ordered = sorted(self.latencies)
+        if not ordered:
+            return float("nan")
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000
+
+
+def stripe_events(count: int, fixtures: Path) -> list[bytes]:
+    """Return ``count`` distinct event bodies wrapping Stripe's fixture objects."""
+    resources = json.loads(fixtures.read_text())["resources"]
+    now = int(time.time())
+    bodies = []
+    for n in range(count):
+        resource, event_type, prefix = EVENT_MIX[n % len(EVENT_MIX)]
+        obj = copy.deepcopy(resources[resource])
+        obj["id"] = f"{prefix}_bench{n:08d}{uuid.uuid4().hex[:8]}"
+        event = {
+            "id": f"evt_bench{n:08d}{uuid.uuid4().hex[:8]}",
+            "object": "event",
+            "api_version": "2026-10-28",
+            "created": now,
+            "data": {"object": obj, "previous_attributes": {}},
+            "livemode": False,
+            "pending_webhooks": 1,
+            "request": {"id": f"req_{uuid.uuid4().hex[:14]}", "idempotency_key": None},
+            "type": event_type,
+        }
+        bodies.append(json.dumps(event, indent=2).encode())
+    return bodies
+
+
+def http_requests(bodies: Sequence[bytes], path: str = "/webhooks/stripe") -> list[bytes]:
+    """Return ready-to-write HTTP/1.1 requests, each signed now with the bench secret."""
+    requests = []
+    for body in bodies:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: Stripe/1.0\r\n"
+            f"Content-Type: application/json; charset=utf-8\r\n"
+            f"Stripe-Signature: {signature_header(body, SECRET)}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        requests.append(head.encode() + body)
+    return requests
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> int:
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return status
+
+
+async def closed_loop(
+    port: int, requests: Sequence[bytes], concurrency: int, duration: float
+) -> Run:
+    """Keep ``concurrency`` requests in flight for ``duration`` seconds."""
+    run = Run()
+    deadline = time.perf_counter() + duration
+    counter = iter(range(10**12))
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while time.perf_counter() < deadline:
+                request = requests[next(counter) % len(requests)]
+                started = time.perf_counter()
+                status = await _exchange(reader, writer, request)
+                _record(run, status, time.perf_counter() - started)
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(connection() for _ in range(concurrency)))
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+async def open_loop(
+    port: int, requests: Sequence[bytes], concurrency: int, rate: float, duration: float
+) -> Run:
+    """Send at a fixed ``rate``; latency counts from each request's scheduled time."""
+    run = Run()
+    total = int(rate * duration)
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.2
+    counter = iter(range(total))
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for n in counter:
+                scheduled = start + n / rate
+                delay = scheduled - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                status = await _exchange(reader, writer, requests[n % len(requests)])
+                _record(run, status, loop.time() - scheduled)
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(connection() for _ in range(concurrency)))
+    run.seconds = duration
+    return run
+
+
+def _record(run: Run, status: int, latency: float) -> None:
+    run.sent += 1
+    if status == 200:
+        run.ok += 1
+        run.latencies.append(latency)
+    else:
+        run.failed[status] = run.failed.get(status, 0) + 1
+
+
+async def bare_producer(
+    settings: Settings, messages: Sequence[tuple[bytes, bytes]], concurrency: int,
+    duration: float,
+) -> Run:
+    """The baseline: the gateway's producer settings, no HTTP, same envelopes, same concurrency."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=settings.producer_linger_ms,
+        max_batch_size=settings.producer_batch_bytes,
+        compression_type=settings.producer_compression,
+        max_request_size=MAX_REQUEST_BYTES,
+    )
+    await producer.start()
+    run = Run()
+    topic = settings.topic("bare")
+    deadline = time.perf_counter() + duration
+    counter = iter(range(10**12))
+
+    async def sender() -> None:
+        while time.perf_counter() < deadline:
+            key, value = messages[next(counter) % len(messages)]
+            started = time.perf_counter()
+            await (await producer.send(topic, value, key=key))
+            _record(run, 200, time.perf_counter() - started)
+
+    try:
+        await producer.send_and_wait(topic, messages[0][1], key=messages[0][0])
+        started = time.perf_counter()
+        await asyncio.gather(*(sender() for _ in range(concurrency)))
+        run.seconds = time.perf_counter() - started
+    finally:
+        await producer.stop()
+    return run
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_gateway(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    """Start ``stripe-streams gateway`` and return once it answers /readyz."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "gateway", "--host", "127.0.0.1",
+         "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"gateway exited: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+                if sock.recv(100).startswith(b"HTTP/1.1 200"):
+                    return process
+        except OSError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise SystemExit("gateway did not become ready within 60 s")
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """Current and peak resident memory of a process, MiB."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rate", type=float, default=3000.0, help="open-loop requests/s")
+    parser.add_argument("--events", type=int, default=5000, help="distinct events to cycle")
+    parser.add_argument("--fixtures", type=Path, default=FIXTURES)
+    args = parser.parse_args()
+
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "STRIPE_WEBHOOK_SECRETS": SECRET.reveal(),
+           "STRIPE_STREAMS_TOPIC_PREFIX": prefix}
+    settings = Settings.from_env(env)
+    bodies = stripe_events(args.events, args.fixtures)
+    sizes = [len(b) for b in bodies]
+    print(f"{len(bodies)} events, {min(sizes)}-{max(sizes)} bytes "
+          f"(mean {statistics.mean(sizes):.0f}); broker {settings.kafka_bootstrap_servers}; "
+          f"linger {settings.producer_linger_ms} ms, batch {settings.producer_batch_bytes} B, "
+          f"compression {settings.producer_compression or 'none'}")
+    envelopes = [
+        EventEnvelope.from_stripe_event(
+            b, endpoint="default", source=EventSource.WEBHOOK, received_at=datetime.now(UTC)
+        )
+        for b in bodies
+    ]
+    messages = [(e.key, encode_event(e)) for e in envelopes]
+    port = free_port()
+    gateway = start_gateway(env, port)
+    try:
+        results = uvloop.run(_measure(args, settings, port, bodies, messages, gateway.pid))
+    finally:
+        gateway.terminate()
+        gateway.wait(timeout=30)
+    _report(args, *results)
+
+
+async def _measure(
+    args: argparse.Namespace, settings: Settings, port: int, bodies: list[bytes],
+    messages: list[tuple[bytes, bytes]], pid: int,
+) -> tuple[list[Run], list[Run], Run, tuple[float, float]]:
+    requests = http_requests(bodies)
+    await closed_loop(port, requests, args.concurrency, 3.0)  # warm-up
+    await bare_producer(settings, messages, args.concurrency, 2.0)
+    bare_runs, gateway_runs = [], []
+    for _ in range(args.repeats):
+        bare_runs.append(await bare_producer(settings, messages, args.concurrency, args.duration))
+        gateway_runs.append(await closed_loop(port, requests, args.concurrency, args.duration))
+    paced = await open_loop(port, requests, args.concurrency, args.rate, args.duration)
+    return bare_runs, gateway_runs, paced, rss_mib(pid)
+
+
+def _report(
+    args: argparse.Namespace, bare_runs: list[Run], gateway_runs: list[Run], paced: Run,
+    rss: tuple[float, float],
+) -> None:
+    print(f"\n{'run':<28}{'ok/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}  errors")
+    for name, runs in (("bare producer", bare_runs), ("gateway closed loop", gateway_runs)):
+        for n, run in enumerate(runs, 1):
+            _row(f"{name} #{n}", run)
+    _row(f"gateway paced {args.rate:.0f}/s", paced)
+    bare = statistics.median(r.rate for r in bare_runs)
+    served = statistics.median(r.rate for r in gateway_runs)
+    print(f"\nmedian: gateway {served:.0f}/s, bare producer {bare:.0f}/s, "
+          f"ratio {served / bare:.2f}")
+    print(f"gateway RSS {rss[0]:.0f} MiB now, {rss[1]:.0f} MiB peak")
+
+
+def _row(name: str, run: Run) -> None:
+    print(f"{name:<28}{run.rate:>9.0f}{run.percentile(0.5):>9.2f}{run.percentile(0.99):>9.2f}"
+          f"{run.percentile(0.999):>10.2f}  {run.failed or '-'}")
+
+
+if __name__ == "__main__":
+    main()

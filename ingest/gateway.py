@@ -1,0 +1,292 @@
+"""The ingest gateway: an ASGI application that appends verified Stripe webhooks to the log.
+
+A delivery to ``/webhooks/stripe[/<endpoint>]`` is answered 200 only after Kafka acknowledged its
+envelope. The order of checks is the order of cost: source network, size, concurrency bound,
+signature, then the event itself, so nothing unverified reaches the log and a flood of forgeries
+costs one HMAC each. Statuses tell Stripe what to do next: 4xx for a delivery that is wrong, 503
+with ``Retry-After`` when the log is unavailable and a later delivery will work.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ingest.metrics import CONTENT_TYPE_LATEST, GatewayMetrics, Outcome
+from ingest.producer import EventAppender, EventTooLarge, LogUnavailable
+from ingest.signature import SignatureRejected, SigningSecrets
+from streams.codec import encode_event
+from streams.envelope import THIN_EVENT_OBJECT, EventEnvelope, EventSource
+from streams.errors import InvalidEvent
+from streams.settings import DEFAULT_ENDPOINT, Secret, Settings
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_PATH = "/webhooks/stripe"
+MAX_BODY_BYTES = 1024 * 1024
+
+Message = dict[str, Any]
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_JSON = (b"content-type", b"application/json")
+
+
+class _Disconnected(Exception):
+    """The client went away before its body arrived; there is no one to answer."""
+
+
+@dataclass(eq=False, slots=True)
+class Endpoint:
+    """One webhook endpoint: its name, its secrets and how many of its requests are in flight."""
+
+    name: str
+    secrets: SigningSecrets
+    in_flight: int = 0
+
+
+class Gateway:
+    """The ASGI application: webhook endpoints, ``/healthz``, ``/readyz`` and ``/metrics``.
+
+    ``log`` is started by the ASGI lifespan start-up and stopped, after the server has finished
+    every in-flight request, by the lifespan shutdown, which flushes what it still buffers.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        log: EventAppender,
+        *,
+        start: Callable[[], Awaitable[None]] | None = None,
+        stop: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._log = log
+        self._start, self._stop = start, stop
+        self._tolerance = settings.webhook_tolerance
+        self._endpoints = _endpoints(settings.webhook_secrets)
+        self._allowed: tuple[Network, ...] | None = settings.allowed_networks
+        self._concurrency = settings.endpoint_concurrency
+        self._retry_after = (b"retry-after", str(settings.retry_after).encode())
+        self.metrics = GatewayMetrics(e.name for e in self._endpoints.values())
+        self.startup_failure: str | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        endpoint = self._endpoints.get(path)
+        if endpoint is not None:
+            await self._webhook(endpoint, scope, receive, send)
+        elif path.startswith(WEBHOOK_PATH + "/") or path == WEBHOOK_PATH:
+            await _answer(send, 404, {"error": "unknown webhook endpoint"})
+        elif path in ("/healthz", "/readyz", "/metrics"):
+            if scope["method"] not in ("GET", "HEAD"):
+                await _answer(send, 405, {"error": "use GET"}, [(b"allow", b"GET, HEAD")])
+            elif path == "/healthz":
+                await _answer(send, 200, {"alive": True})
+            elif path == "/readyz":
+                ready = await self._log.reachable()
+                await _answer(send, 200 if ready else 503, {"ready": ready})
+            else:
+                headers = [(b"content-type", CONTENT_TYPE_LATEST.encode())]
+                await _send(send, 200, self.metrics.exposition(), headers)
+        else:
+            await _answer(send, 404, {"error": "not found"})
+
+    async def _webhook(
+        self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        received = time.perf_counter()
+        if scope["method"] != "POST":
+            await _answer(send, 405, {"error": "use POST"}, [(b"allow", b"POST")])
+            return
+        if self._allowed is not None and not self._from_allowed_network(scope):
+            self.metrics.count(endpoint.name, Outcome.FORBIDDEN)
+            await _answer(send, 403, {"error": "source address is not allowed"})
+            return
+        signature: bytes | None = None
+        declared_length = 0
+        for name, value in scope["headers"]:
+            if name == b"stripe-signature" and signature is None:
+                signature = value
+            elif name == b"content-length" and value.isdigit():
+                declared_length = int(value)
+        if declared_length > MAX_BODY_BYTES:
+            await self._too_large(endpoint, send)
+            return
+        if self._concurrency and endpoint.in_flight >= self._concurrency:
+            self.metrics.count(endpoint.name, Outcome.THROTTLED)
+            await _answer(
+                send, 429, {"error": "too many concurrent deliveries"}, [self._retry_after]
+            )
+            return
+        endpoint.in_flight += 1
+        try:
+            body = await _read_body(receive)
+            if body is None:
+                await self._too_large(endpoint, send)
+                return
+            await self._ingest(endpoint, body, signature, received, send)
+        except _Disconnected:
+            return
+        finally:
+            endpoint.in_flight -= 1
+
+    async def _ingest(
+        self, endpoint: Endpoint, body: bytes, signature: bytes | None, received: float, send: Send
+    ) -> None:
+        try:
+            endpoint.secrets.verify(body, signature, tolerance=self._tolerance)
+        except SignatureRejected as exc:
+            self.metrics.count(endpoint.name, Outcome(exc.outcome))
+            log.info("rejected a delivery to %s: %s", endpoint.name, exc)
+            await _answer(send, 400, {"error": str(exc)})
+            return
+        try:
+            event = _prepare(body, endpoint.name)
+        except InvalidEvent as exc:
+            self.metrics.count(endpoint.name, Outcome.MALFORMED)
+            log.info("rejected a signed delivery to %s: %s", endpoint.name, exc)
+            await _answer(send, 400, {"error": str(exc)})
+            return
+        envelope = event.envelope
+        try:
+            await self._log.append(event.key, event.message)
+        except LogUnavailable as exc:
+            self.metrics.count(endpoint.name, Outcome.UNAVAILABLE)
+            log.warning("answering 503 for %s: %s", envelope.id, exc)
+            await _answer(send, 503, {"error": "event log unavailable"}, [self._retry_after])
+            return
+        except EventTooLarge as exc:
+            self.metrics.count(endpoint.name, Outcome.TOO_LARGE)
+            log.warning("answering 413 for %s: %s", envelope.id, exc)
+            await _answer(send, 413, {"error": str(exc)})
+            return
+        self.metrics.count(endpoint.name, Outcome.ACCEPTED)
+        self.metrics.observe_ingest(time.perf_counter() - received)
+        if event.thin:
+            log.info(
+                "appended thin event %s %s related_object=%s",
+                envelope.id, envelope.type, event.related_object,
+            )
+        await _answer(send, 200, {"received": True, "id": envelope.id})
+
+    async def _too_large(self, endpoint: Endpoint, send: Send) -> None:
+        self.metrics.count(endpoint.name, Outcome.TOO_LARGE)
+        # Closing the connection spares reading the rest of a body nobody will use.
+        await _answer(
+            send, 413, {"error": f"body exceeds {MAX_BODY_BYTES} bytes"},
+            [(b"connection", b"close")],
+        )
+
+    def _from_allowed_network(self, scope: Scope) -> bool:
+        client = scope.get("client")
+        if not client or self._allowed is None:
+            return False
+        try:
+            address = ipaddress.ip_address(client[0])
+        except ValueError:
+            return False
+        return any(address in network for network in self._allowed)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    if self._start is not None:
+                        await self._start()
+                except Exception as exc:
+                    self.startup_failure = str(exc)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._stop is not None:
+                    await self._stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def _endpoints(secrets: Mapping[str, tuple[Secret, ...]]) -> dict[str, Endpoint]:
+    paths: dict[str, Endpoint] = {}
+    for name, endpoint_secrets in secrets.items():
+        path = WEBHOOK_PATH if name == DEFAULT_ENDPOINT else f"{WEBHOOK_PATH}/{name}"
+        paths[path] = Endpoint(name, SigningSecrets(endpoint_secrets))
+    return paths
+
+
+@dataclass(frozen=True, slots=True)
+class _PreparedEvent:
+    """A verified event, wrapped and encoded for the log."""
+
+    envelope: EventEnvelope
+    key: bytes
+    message: bytes
+    thin: bool
+    related_object: str | None
+
+
+def _prepare(body: bytes, endpoint: str) -> _PreparedEvent:
+    """Wrap a verified body in its envelope and encode it; raise InvalidEvent if it is no event."""
+    try:
+        text = body.decode("utf-8")
+        event = json.loads(text)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise InvalidEvent("body is not JSON") from None
+    envelope = EventEnvelope.from_event_dict(
+        event, payload=text, endpoint=endpoint, source=EventSource.WEBHOOK,
+        received_at=datetime.now(UTC),
+    )
+    try:
+        key, message = envelope.key, encode_event(envelope)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidEvent(f"event cannot be written to the log: {exc}") from None
+    related = event.get("related_object")
+    return _PreparedEvent(
+        envelope, key, message,
+        thin=event.get("object") == THIN_EVENT_OBJECT,
+        related_object=str(related.get("id")) if isinstance(related, dict) else None,
+    )
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """Read the request body; None as soon as it exceeds the limit (the rest stays unread)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        if not message.get("more_body", False):
+            return chunk if not chunks else b"".join([*chunks, chunk])
+        chunks.append(chunk)
+
+
+async def _answer(
+    send: Send, status: int, document: Mapping[str, Any],
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    await _send(send, status, json.dumps(document).encode(), [_JSON, *headers])
+
+
+async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

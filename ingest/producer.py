@@ -1,0 +1,114 @@
+"""The gateway's way into the log: an idempotent ``acks=all`` producer with a bounded wait.
+
+:meth:`EventLog.append` returns only once every in-sync replica has the event, so a webhook can be
+answered 200 right after it; when Kafka does not acknowledge within the produce timeout it raises
+the retriable :class:`LogUnavailable` and the sender (Stripe) delivers again later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+
+from streams.errors import DependencyUnavailable, StreamsError
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+
+# Room for a 1 MiB body plus the envelope around it; the broker's own limit still applies.
+MAX_REQUEST_BYTES = 2 * 1024 * 1024
+
+
+class LogUnavailable(DependencyUnavailable):
+    """Kafka did not acknowledge the event in time; delivering it again later will work."""
+
+
+class EventTooLarge(StreamsError):
+    """Kafka refuses the event for its size; delivering it again cannot help."""
+
+
+class EventAppender(Protocol):
+    """Where the gateway appends verified events (Kafka in production)."""
+
+    async def append(self, key: bytes, message: bytes) -> None:
+        """Return once the encoded event is durably in the log; raise LogUnavailable otherwise."""
+
+    async def reachable(self) -> bool:
+        """Tell whether the log answers right now."""
+
+
+class EventLog:
+    """Appends encoded envelopes to ``<prefix>.events``, keyed by object id, idempotently."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.topic()
+        self._settings = settings
+        self._timeout = settings.produce_timeout
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        """Create the topic if it is missing and connect; raise when Kafka cannot be reached."""
+        settings = self._settings
+        await ensure_topics(
+            settings.kafka_bootstrap_servers, [self.topic], settings.topic_partitions
+        )
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            client_id="stripe-streams-gateway",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=settings.producer_linger_ms,
+            max_batch_size=settings.producer_batch_bytes,
+            compression_type=settings.producer_compression,
+            max_request_size=MAX_REQUEST_BYTES,
+            # Batches still queued when the gateway has answered 503 expire about then too.
+            request_timeout_ms=max(1000, int(self._timeout * 1000)),
+        )
+        try:
+            await producer.start()
+        except KafkaError as exc:
+            await producer.stop()
+            raise LogUnavailable(
+                f"Kafka at {settings.kafka_bootstrap_servers} is unreachable: {exc!r}"
+            ) from exc
+        self._producer = producer
+
+    async def stop(self) -> None:
+        """Deliver every event still buffered, then disconnect."""
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def append(self, key: bytes, message: bytes) -> None:
+        """Append one encoded envelope and wait for Kafka's acknowledgement, at most the timeout."""
+        if self._producer is None:
+            raise LogUnavailable("the producer is not running")
+        try:
+            async with asyncio.timeout(self._timeout):
+                delivery = await self._producer.send(self.topic, message, key=key)
+                await delivery
+        except TimeoutError:
+            raise LogUnavailable(
+                f"Kafka did not acknowledge within {self._timeout:g} s"
+            ) from None
+        except MessageSizeTooLargeError as exc:
+            raise EventTooLarge(f"Kafka refuses an event of {len(message)} bytes") from exc
+        except KafkaError as exc:
+            raise LogUnavailable(f"Kafka did not take the event: {exc!r}") from exc
+
+    async def reachable(self) -> bool:
+        """Ask the cluster for its metadata, within the produce timeout."""
+        if self._producer is None:
+            return False
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._producer.client.fetch_all_metadata()
+        except (TimeoutError, KafkaError, OSError) as exc:
+            log.warning("Kafka is not reachable: %r", exc)
+            return False
+        return True
