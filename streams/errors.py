@@ -25,6 +25,10 @@ class InvalidEvent(StreamsError):
     """A body is not a Stripe event (JSON with id, object, type, created and data.object)."""
 
 
+class HandlerError(StreamsError):
+    """An event's object cannot be projected: the message names the event and the field."""
+
+
 class ServiceError(StreamsError):
     """A local service could not be started, stopped or reached."""
 
