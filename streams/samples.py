@@ -27,7 +27,7 @@ from typing import Any
 from streams.envelope import THIN_EVENT_OBJECT
 from streams.routing import longest_prefix
 
-StripeObject = dict[str, Any]
+JSONObject = dict[str, Any]
 
 API_VERSION = "2026-10-28.endive"
 SEEDED_START = 1_767_225_600
@@ -151,9 +151,7 @@ class EventFactory:
         self.livemode = livemode
         self.account = account
         self.api_version = api_version
-        self._price: StripeObject | None = None
-
-    # Ids and the clock.
+        self._price: JSONObject | None = None
 
     def new_id(self, resource: str) -> str:
         """Return a fresh id shaped like Stripe's for ``resource`` (``cus_...``, ``pi_1...``)."""
@@ -167,8 +165,6 @@ class EventFactory:
         self.now += seconds if seconds is not None else self.random.randint(1, 5)
         return self.now
 
-    # Events.
-
     def event(
         self,
         event_type: str,
@@ -176,7 +172,7 @@ class EventFactory:
         *,
         created: int | None = None,
         previous_attributes: Mapping[str, Any] | None = None,
-    ) -> StripeObject:
+    ) -> JSONObject:
         """Return a snapshot event of ``event_type`` carrying a copy of ``obj``.
 
         ``created`` defaults to the next tick of the clock; an explicit value moves the clock
@@ -186,10 +182,10 @@ class EventFactory:
             created = self.advance()
         else:
             self.now = max(self.now, created)
-        data: StripeObject = {"object": copy.deepcopy(dict(obj))}
+        data: JSONObject = {"object": copy.deepcopy(dict(obj))}
         if previous_attributes is not None:
             data["previous_attributes"] = copy.deepcopy(dict(previous_attributes))
-        event: StripeObject = {
+        event: JSONObject = {
             "id": self.new_id("event"),
             "object": "event",
             "api_version": self.api_version,
@@ -207,7 +203,7 @@ class EventFactory:
             event["account"] = self.account
         return event
 
-    def sample_event(self, event_type: str, *, created: int | None = None) -> StripeObject:
+    def sample_event(self, event_type: str, *, created: int | None = None) -> JSONObject:
         """Return an event of ``event_type`` carrying a fresh, plausible object of its resource."""
         obj = self.object_for(event_type)
         status = STATUS_AFTER.get(event_type)
@@ -222,11 +218,11 @@ class EventFactory:
         related_type: str = "billing.meter",
         related_id: str | None = None,
         created: int | None = None,
-    ) -> StripeObject:
+    ) -> JSONObject:
         """Return a thin event (``v2.core.event``): a reference to the object, ISO ``created``."""
         when = datetime.fromtimestamp(created if created is not None else self.advance(), UTC)
         related_id = related_id or f"mtr_{self._token(24)}"
-        event: StripeObject = {
+        event: JSONObject = {
             "id": self.new_id("thin_event"),
             "object": THIN_EVENT_OBJECT,
             "type": event_type,
@@ -243,11 +239,9 @@ class EventFactory:
             event["context"] = self.account
         return event
 
-    # A coherent story.
-
     def customer_lifecycle(
         self, *, periods: int = 1, price: Mapping[str, Any] | None = None, quantity: int = 1
-    ) -> Iterator[StripeObject]:
+    ) -> Iterator[JSONObject]:
         """Yield the events of one customer's life, in the order Stripe sends them.
 
         The customer signs up and attaches a card, subscribes, pays ``periods`` monthly invoices
@@ -287,12 +281,12 @@ class EventFactory:
 
     def _billing_cycle(
         self,
-        customer: StripeObject,
-        subscription: StripeObject,
-        card: StripeObject,
+        customer: JSONObject,
+        subscription: JSONObject,
+        card: JSONObject,
         *,
         first: bool,
-    ) -> Iterator[StripeObject]:
+    ) -> Iterator[JSONObject]:
         self.advance()
         invoice = self.invoice(
             customer,
@@ -325,16 +319,14 @@ class EventFactory:
             "customer.subscription.updated", subscription, previous_attributes=previous
         )
 
-    def _renew(self, subscription: StripeObject) -> None:
+    def _renew(self, subscription: JSONObject) -> None:
         items = subscription["items"]["data"]
         self.now = max(self.now, *(item["current_period_end"] for item in items))
         for item in items:
             item["current_period_start"] = item["current_period_end"]
             item["current_period_end"] = item["current_period_start"] + MONTH
 
-    # Objects.
-
-    def object_for(self, event_type: str) -> StripeObject:
+    def object_for(self, event_type: str) -> JSONObject:
         """Return a fresh object of the resource ``event_type`` carries, with its references."""
         match longest_prefix(SAMPLE_RESOURCES, event_type):
             case "customer":
@@ -381,7 +373,7 @@ class EventFactory:
             case _:
                 raise ValueError(f"no sample object for event type {event_type!r}")
 
-    def default_price(self) -> StripeObject:
+    def default_price(self) -> JSONObject:
         """Return the monthly price this factory subscribes customers to unless told otherwise."""
         if self._price is None:
             self._price = self.price(self.product())
@@ -389,7 +381,7 @@ class EventFactory:
 
     def customer(
         self, *, name: str | None = None, email: str | None = None, created: int | None = None
-    ) -> StripeObject:
+    ) -> JSONObject:
         """Return a new customer, created now unless told otherwise."""
         name = name or (f"{self.random.choice(_FIRST_NAMES)} {self.random.choice(_LAST_NAMES)}")
         customer = self._fixture(
@@ -405,7 +397,7 @@ class EventFactory:
         customer["address"].update(city="San Francisco", country="US", postal_code="94103")
         return customer
 
-    def payment_method(self, customer: Mapping[str, Any]) -> StripeObject:
+    def payment_method(self, customer: Mapping[str, Any]) -> JSONObject:
         """Return a card attached to ``customer``."""
         brand, last4 = self.random.choice(_CARDS)
         card = self._fixture("payment_method", customer=customer["id"], metadata={})
@@ -423,7 +415,7 @@ class EventFactory:
         card["card"]["networks"]["available"] = [brand]
         return card
 
-    def product(self, *, name: str | None = None) -> StripeObject:
+    def product(self, *, name: str | None = None) -> JSONObject:
         """Return a new product."""
         name = name or self.random.choice(_PRODUCTS)[0]
         return self._fixture(
@@ -441,7 +433,7 @@ class EventFactory:
         *,
         unit_amount: int | None = None,
         interval: str = "month",
-    ) -> StripeObject:
+    ) -> JSONObject:
         """Return a recurring price of ``product``."""
         amount = unit_amount or dict(_PRODUCTS).get(product["name"], 1900)
         price = self._fixture(
@@ -455,7 +447,7 @@ class EventFactory:
         price["recurring"]["interval"] = interval
         return price
 
-    def plan(self, price: Mapping[str, Any]) -> StripeObject:
+    def plan(self, price: Mapping[str, Any]) -> JSONObject:
         """Return the plan view of a recurring price (same id)."""
         return self._fixture(
             "plan",
@@ -479,7 +471,7 @@ class EventFactory:
         payment_method: Mapping[str, Any] | None = None,
         quantity: int = 1,
         status: str = "incomplete",
-    ) -> StripeObject:
+    ) -> JSONObject:
         """Return a new monthly subscription of ``customer`` to ``price``, with one item."""
         subscription_id = self.new_id("subscription")
         item = self._fixture(
@@ -526,7 +518,7 @@ class EventFactory:
 
     def subscription_schedule(
         self, customer: Mapping[str, Any], price: Mapping[str, Any]
-    ) -> StripeObject:
+    ) -> JSONObject:
         """Return a schedule that starts a subscription to ``price`` next month."""
         schedule = self._fixture(
             "subscription_schedule",
@@ -549,7 +541,7 @@ class EventFactory:
         subscription: Mapping[str, Any],
         *,
         billing_reason: str = "subscription_create",
-    ) -> StripeObject:
+    ) -> JSONObject:
         """Return a draft invoice of ``subscription``'s current period, one line per item."""
         invoice_id = self.new_id("invoice")
         lines = [
@@ -602,8 +594,8 @@ class EventFactory:
 
     def _invoice_line(
         self, invoice_id: str, subscription: Mapping[str, Any], item: Mapping[str, Any]
-    ) -> StripeObject:
-        line: StripeObject = copy.deepcopy(stripe_objects()["invoice"]["lines"]["data"][0])
+    ) -> JSONObject:
+        line: JSONObject = copy.deepcopy(stripe_objects()["invoice"]["lines"]["data"][0])
         price = item["price"]
         amount = price["unit_amount"] * item["quantity"]
         line.update(
@@ -637,7 +629,7 @@ class EventFactory:
 
     def invoice_item(
         self, customer: Mapping[str, Any], price: Mapping[str, Any], *, invoice: str | None = None
-    ) -> StripeObject:
+    ) -> JSONObject:
         """Return a one-off invoice item of ``price`` for ``customer``, pending unless invoiced."""
         amount = price["unit_amount"]
         return self._fixture(
@@ -659,11 +651,11 @@ class EventFactory:
             quantity_decimal="1",
         )
 
-    def credit_note(self, invoice: Mapping[str, Any]) -> StripeObject:
+    def credit_note(self, invoice: Mapping[str, Any]) -> JSONObject:
         """Return a credit note for the whole of ``invoice``."""
         credit_note_id = self.new_id("credit_note")
         amount = invoice["total"]
-        line: StripeObject = copy.deepcopy(stripe_objects()["credit_note"]["lines"]["data"][1])
+        line: JSONObject = copy.deepcopy(stripe_objects()["credit_note"]["lines"]["data"][1])
         line.update(
             id=self.new_id("credit_note_line_item"),
             amount=amount,
@@ -707,7 +699,7 @@ class EventFactory:
         payment_method: Mapping[str, Any],
         *,
         status: str = "requires_confirmation",
-    ) -> StripeObject:
+    ) -> JSONObject:
         """Return a payment intent of ``amount`` cents for ``customer``."""
         intent_id = self.new_id("payment_intent")
         return self._fixture(
@@ -735,7 +727,7 @@ class EventFactory:
         payment_method: Mapping[str, Any],
         *,
         status: str = "succeeded",
-    ) -> StripeObject:
+    ) -> JSONObject:
         """Return the charge of ``payment_intent`` on ``payment_method``."""
         succeeded = status == "succeeded"
         charge_id = self.new_id("charge")
@@ -779,7 +771,7 @@ class EventFactory:
         charge["refunds"]["url"] = f"/v1/charges/{charge_id}/refunds"
         return charge
 
-    def refund(self, charge: Mapping[str, Any], *, amount: int | None = None) -> StripeObject:
+    def refund(self, charge: Mapping[str, Any], *, amount: int | None = None) -> JSONObject:
         """Return a refund of ``charge`` (in full unless ``amount`` says otherwise)."""
         return self._fixture(
             "refund",
@@ -793,7 +785,7 @@ class EventFactory:
             balance_transaction=self.new_id("balance_transaction"),
         )
 
-    def dispute(self, charge: Mapping[str, Any]) -> StripeObject:
+    def dispute(self, charge: Mapping[str, Any]) -> JSONObject:
         """Return a dispute of ``charge`` that needs a response within a week."""
         dispute = self._fixture(
             "dispute",
@@ -809,7 +801,7 @@ class EventFactory:
 
     def setup_intent(
         self, customer: Mapping[str, Any], *, payment_method: Mapping[str, Any] | None = None
-    ) -> StripeObject:
+    ) -> JSONObject:
         """Return a setup intent saving a card for ``customer``."""
         intent_id = self.new_id("setup_intent")
         return self._fixture(
@@ -823,7 +815,7 @@ class EventFactory:
             payment_method_configuration_details=None,
         )
 
-    def checkout_session(self, customer: Mapping[str, Any], amount: int = 2900) -> StripeObject:
+    def checkout_session(self, customer: Mapping[str, Any], amount: int = 2900) -> JSONObject:
         """Return an open payment-mode Checkout Session of ``amount`` cents for ``customer``."""
         session_id = self.new_id("checkout.session")
         session = self._fixture(
@@ -845,7 +837,7 @@ class EventFactory:
         session["customer_details"].update(email=customer["email"], name=customer["name"])
         return session
 
-    def coupon(self) -> StripeObject:
+    def coupon(self) -> JSONObject:
         """Return a coupon taking a percentage off for three months."""
         return self._fixture(
             "coupon",
@@ -856,7 +848,7 @@ class EventFactory:
             name="Welcome offer",
         )
 
-    def promotion_code(self, coupon: Mapping[str, Any]) -> StripeObject:
+    def promotion_code(self, coupon: Mapping[str, Any]) -> JSONObject:
         """Return an active customer-facing code for ``coupon``."""
         return self._fixture(
             "promotion_code",
@@ -866,10 +858,8 @@ class EventFactory:
             expires_at=None,
         )
 
-    # Helpers.
-
-    def _fixture(self, resource: str, **fields: Any) -> StripeObject:
-        obj: StripeObject = copy.deepcopy(stripe_objects()[resource])
+    def _fixture(self, resource: str, **fields: Any) -> JSONObject:
+        obj: JSONObject = copy.deepcopy(stripe_objects()[resource])
         obj["id"] = self.new_id(resource)
         if "livemode" in obj:
             obj["livemode"] = self.livemode
