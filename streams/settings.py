@@ -231,6 +231,55 @@ class Settings:
         "Compression of the gateway's batches: none, gzip, snappy, lz4 or zstd.",
         _compression,
     )
+    batch_size: int = setting(
+        "STRIPE_STREAMS_BATCH_SIZE", 500,
+        "Most events a family agent applies in one PostgreSQL transaction.", _positive_int,
+    )
+    family_batch_sizes: Mapping[str, int] = field(
+        default_factory=dict,
+        metadata={
+            "env": "STRIPE_STREAMS_BATCH_SIZE_<FAMILY>", "per_family": True,
+            "doc": "STRIPE_STREAMS_BATCH_SIZE for one family, e.g. ..._INVOICES.",
+            "parse": _positive_int,
+        },
+    )
+    batch_timeout_ms: int = setting(
+        "STRIPE_STREAMS_BATCH_TIMEOUT_MS", 50,
+        "Longest a family agent waits to fill a batch before applying it, milliseconds.",
+        _positive_int,
+    )
+    family_batch_timeouts_ms: Mapping[str, int] = field(
+        default_factory=dict,
+        metadata={
+            "env": "STRIPE_STREAMS_BATCH_TIMEOUT_MS_<FAMILY>", "per_family": True,
+            "doc": "STRIPE_STREAMS_BATCH_TIMEOUT_MS for one family, e.g. ..._CUSTOMERS.",
+            "parse": _positive_int,
+        },
+    )
+    max_attempts: int = setting(
+        "STRIPE_STREAMS_MAX_ATTEMPTS", 3,
+        "Tries of a failing event before it is dead-lettered (outages are not counted).",
+        _positive_int,
+    )
+    retry_backoff: float = setting(
+        "STRIPE_STREAMS_RETRY_BACKOFF", 0.5,
+        "Seconds before the first retry of a failing event; doubles with every retry.",
+        _positive_float,
+    )
+    retry_backoff_max: float = setting(
+        "STRIPE_STREAMS_RETRY_BACKOFF_MAX", 30.0,
+        "Longest wait between two retries, seconds (also while PostgreSQL is down).",
+        _positive_float,
+    )
+    worker_web_port: int = setting(
+        "STRIPE_STREAMS_WORKER_PORT", 6066,
+        "Port of the worker's web server, which serves /metrics.", _positive_int,
+    )
+    consumer_group: str | None = setting(
+        "STRIPE_STREAMS_CONSUMER_GROUP", None,
+        "Kafka consumer group (and Faust app id) of the workers; unset: <prefix>-streams.",
+        _optional_text,
+    )
 
     @classmethod
     def from_env(
@@ -246,6 +295,8 @@ class Settings:
             name = f.metadata["env"]
             if f.name == "webhook_secrets":
                 values[f.name] = _endpoint_secrets(env)
+            elif f.metadata.get("per_family"):
+                values[f.name] = _per_family(env, name.removesuffix("<FAMILY>"), f.metadata)
             elif name in env:
                 try:
                     values[f.name] = f.metadata["parse"](env[name])
@@ -259,6 +310,19 @@ class Settings:
         base = f"{self.topic_prefix}.events"
         return f"{base}.{suffix}" if suffix else base
 
+    def batch_size_for(self, family: str) -> int:
+        """Return the most events one batch of a family holds."""
+        return self.family_batch_sizes.get(family, self.batch_size)
+
+    def batch_timeout_for(self, family: str) -> float:
+        """Return how long a family agent waits to fill a batch, seconds."""
+        return self.family_batch_timeouts_ms.get(family, self.batch_timeout_ms) / 1000
+
+    @property
+    def group_id(self) -> str:
+        """Kafka consumer group of the workers: ``stripe-streams`` with the default prefix."""
+        return self.consumer_group or f"{self.topic_prefix}-streams"
+
     def secrets_for(self, endpoint: str) -> tuple[Secret, ...] | None:
         """Return the signing secrets of an endpoint, or None when it is not declared."""
         return self.webhook_secrets.get(endpoint)
@@ -269,6 +333,17 @@ class Settings:
         for f in dataclasses.fields(cls):
             default = "none" if f.default in (None, dataclasses.MISSING) else str(f.default)
             yield f.metadata["env"], default, f.metadata["doc"]
+
+
+def _per_family(env: Mapping[str, str], prefix: str, declared: Mapping[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, raw in env.items():
+        if name.startswith(prefix) and len(name) > len(prefix):
+            try:
+                values[name.removeprefix(prefix).lower()] = declared["parse"](raw)
+            except ValueError as exc:
+                raise ConfigurationError(f"{name} {exc}") from None
+    return values
 
 
 def _endpoint_secrets(env: Mapping[str, str]) -> dict[str, tuple[Secret, ...]]:

@@ -1,0 +1,130 @@
+-- Named queries of projections/writer.py. Queries with {placeholders} are templates whose
+-- identifiers (table, staging table, columns) are filled in with psycopg.sql, never by hand.
+
+-- name: lock_positions
+-- Creates missing positions at -1 and locks every position of the batch (in a fixed order, so
+-- two workers briefly sharing a partition during a rebalance queue up instead of deadlocking).
+INSERT INTO ops.projection_offsets AS p (projection, topic, "partition", "offset")
+SELECT %(projection)s, t.topic, t.part, -1
+FROM unnest(%(topics)s::text[], %(partitions)s::int[]) AS t(topic, part)
+ORDER BY t.topic, t.part
+ON CONFLICT (projection, topic, "partition") DO UPDATE SET "offset" = p."offset"
+RETURNING p.topic, p."partition", p."offset"
+
+-- name: advance_positions
+UPDATE ops.projection_offsets AS p
+SET "offset" = greatest(p."offset", t.off), updated_at = now()
+FROM unnest(%(topics)s::text[], %(partitions)s::int[], %(offsets)s::bigint[]) AS t(topic, part, off)
+WHERE p.projection = %(projection)s AND p.topic = t.topic AND p."partition" = t.part
+
+-- name: logged_events
+SELECT event_id, status FROM ops.event_log WHERE event_id = ANY(%(event_ids)s::text[])
+
+-- name: record_events
+-- A known event id only counts another delivery, unless it was dead-lettered: then this
+-- delivery was another attempt, and its outcome replaces the dead letter's.
+INSERT INTO ops.event_log AS l (
+    event_id, type, family, object_id, account, livemode, created, received_at, processed_at,
+    status, deliveries, attempts, source, topic, "partition", "offset"
+)
+SELECT e.event_id, e.type, %(family)s, e.object_id, e.account, e.livemode,
+       to_timestamp(e.created), e.received_at, now(), e.status, e.deliveries, e.attempts,
+       e.source, e.topic, e.part, e.off
+FROM unnest(
+    %(event_ids)s::text[], %(types)s::text[], %(object_ids)s::text[], %(accounts)s::text[],
+    %(livemodes)s::boolean[], %(created)s::bigint[], %(received_at)s::timestamptz[],
+    %(statuses)s::text[], %(deliveries)s::int[], %(attempts)s::int[], %(sources)s::text[],
+    %(topics)s::text[], %(partitions)s::int[], %(offsets)s::bigint[]
+) AS e(event_id, type, object_id, account, livemode, created, received_at, status, deliveries,
+       attempts, source, topic, part, off)
+ORDER BY e.event_id
+ON CONFLICT (event_id) DO UPDATE SET
+    deliveries = l.deliveries + excluded.deliveries,
+    status = CASE WHEN l.status = 'dead_lettered' THEN excluded.status ELSE l.status END,
+    attempts = CASE WHEN l.status = 'dead_lettered' THEN excluded.attempts ELSE l.attempts END,
+    processed_at = CASE WHEN l.status = 'dead_lettered' THEN excluded.processed_at
+                        ELSE l.processed_at END,
+    source = CASE WHEN l.status = 'dead_lettered' THEN excluded.source ELSE l.source END,
+    topic = CASE WHEN l.status = 'dead_lettered' THEN excluded.topic ELSE l.topic END,
+    "partition" = CASE WHEN l.status = 'dead_lettered' THEN excluded."partition"
+                       ELSE l."partition" END,
+    "offset" = CASE WHEN l.status = 'dead_lettered' THEN excluded."offset" ELSE l."offset" END
+
+-- name: count_stats
+INSERT INTO ops.event_stats AS s (minute, family, type, status, events, lag_ms_total, lag_ms_max)
+SELECT date_trunc('minute', now()), %(family)s, e.type, e.status, count(*), sum(e.lag_ms),
+       max(e.lag_ms)
+FROM (
+    SELECT u.type, u.status,
+           greatest(0, extract(epoch FROM now() - u.received_at) * 1000) AS lag_ms
+    FROM unnest(%(types)s::text[], %(statuses)s::text[], %(received_at)s::timestamptz[])
+        AS u(type, status, received_at)
+) AS e
+GROUP BY e.type, e.status
+ORDER BY e.type, e.status
+ON CONFLICT (minute, family, type, status) DO UPDATE SET
+    events = s.events + excluded.events,
+    lag_ms_total = s.lag_ms_total + excluded.lag_ms_total,
+    lag_ms_max = greatest(s.lag_ms_max, excluded.lag_ms_max)
+
+-- name: record_dead_letter
+-- One row per consumed message: a worker that crashed after producing the dead letter and
+-- fails the same message again after its restart adds nothing.
+INSERT INTO ops.dead_letters (
+    event_id, type, family, handler, error_type, error_message, attempts, first_failed_at,
+    last_failed_at, source_topic, source_partition, source_offset, payload
+) VALUES (
+    %(event_id)s, %(type)s, %(family)s, %(handler)s, %(error_type)s, %(error_message)s,
+    %(attempts)s, %(first_failed_at)s, %(last_failed_at)s, %(source_topic)s,
+    %(source_partition)s, %(source_offset)s, %(payload)s
+)
+ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING
+RETURNING id
+
+-- name: count_open_dead_letters
+SELECT count(*) FROM ops.dead_letters WHERE status = 'open'
+
+-- name: column_types
+SELECT a.attname, a.atttypid::int
+FROM pg_attribute AS a
+WHERE a.attrelid = %(table)s::regclass AND a.attnum > 0 AND NOT a.attisdropped
+
+-- name: create_stage
+CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS
+
+-- name: upsert_mirror
+-- The guard makes the upsert reorder-safe: a row only ever moves to a newer event. The result is
+-- each staged row's version before the upsert, from which the writer tells stale events apart.
+WITH prior AS (
+    SELECT t.id, t.last_event_created, t.last_event_offset
+    FROM {table} AS t JOIN {stage} AS s ON s.id = t.id
+), upserted AS (
+    INSERT INTO {table} AS t ({columns}, updated_at)
+    SELECT {columns}, now() FROM {stage} ORDER BY id
+    ON CONFLICT (id) DO UPDATE SET {assignments}, updated_at = excluded.updated_at
+    WHERE t.last_event_created IS NULL
+       OR (t.last_event_created, coalesce(t.last_event_offset, -1))
+          < (excluded.last_event_created, excluded.last_event_offset)
+)
+SELECT id, extract(epoch FROM last_event_created)::bigint, coalesce(last_event_offset, -1)
+FROM prior
+WHERE last_event_created IS NOT NULL
+
+-- name: mark_removed_children
+-- Marks removed the children a complete list left out. With s the newest complete list of a
+-- parent in this batch, a child is removed when it is older than s (s did not hold it: its rows
+-- are at least as new as s), or when this batch just wrote it from an event older than its
+-- parent's newest one (the newer list, applied earlier, did not hold it). Both compare versions,
+-- so any delivery order gives the same table.
+UPDATE {child} AS c SET deleted = true, updated_at = now()
+FROM unnest(%(parents)s::text[], %(created)s::bigint[], %(offsets)s::bigint[])
+         AS s(parent_id, created, off)
+     JOIN {parent} AS p ON p.id = s.parent_id
+WHERE c.{parent_column} = s.parent_id
+  AND NOT c.deleted
+  AND (
+      (c.last_event_created, coalesce(c.last_event_offset, -1)) < (to_timestamp(s.created), s.off)
+      OR (c.last_event_id = ANY(%(event_ids)s::text[])
+          AND (c.last_event_created, coalesce(c.last_event_offset, -1))
+              < (p.last_event_created, coalesce(p.last_event_offset, -1)))
+  )

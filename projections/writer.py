@@ -1,0 +1,564 @@
+"""Apply batches of consumed events to the mirror tables and the ops tables, one transaction each.
+
+The Kafka log is the source of truth and PostgreSQL holds the projection's position in it: each
+batch writes its rows, its ``ops.event_log`` records and the new positions in
+``ops.projection_offsets`` in one transaction, so after a crash, a restart or a rebalance the
+database says exactly which events it already holds, whatever Kafka's committed offsets say.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection, sql
+from psycopg.types.json import Jsonb
+
+from projections.database import queries
+from streams.codec import DeadLetter
+from streams.envelope import EventEnvelope
+from streams.errors import StreamsError
+from streams.handlers.registry import HandlerRegistry, MirrorRow, Projection
+
+MIRROR_SCHEMA = "stripe"
+COMMON_COLUMNS = (
+    "id", "data", "deleted", "livemode", "account",
+    "last_event_id", "last_event_created", "last_event_offset",
+)
+_TEXT_OID = 25
+# Column types per mirror table, read once from the catalog (the schema only changes by
+# migration, and a worker is restarted after one).
+_column_types_cache: dict[str, dict[str, int]] = {}
+# Temporary staging tables live as long as their session; remember which sessions have them.
+_staged: weakref.WeakKeyDictionary[AsyncConnection[Any], frozenset[str]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class Outcome(StrEnum):
+    """What applying a batch did with one consumed event."""
+
+    PROCESSED = "processed"
+    """Its rows were written: it is the newest event of its object."""
+    STALE = "stale"
+    """A newer event of its object was already applied; its object's row was left alone."""
+    UNHANDLED = "unhandled"
+    """No handler projects its type; it is recorded and acknowledged."""
+    DEAD_LETTERED = "dead_lettered"
+    """Retries could not apply it; it went to the dead-letter topic."""
+    DUPLICATE = "duplicate"
+    """Its event id was recorded before; only ``deliveries`` was counted."""
+    SKIPPED = "skipped"
+    """Its offset is at or below the stored position: an earlier run already applied it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedEvent:
+    """An envelope and the log coordinates it was consumed at."""
+
+    envelope: EventEnvelope
+    topic: str
+    partition: int
+    offset: int
+
+    @property
+    def version(self) -> tuple[int, int]:
+        """Order of the events of one object: ``created``, then position in the log."""
+        return self.envelope.created, self.offset
+
+    @property
+    def coordinates(self) -> tuple[str, int, int]:
+        """Topic, partition and offset: what identifies this message in the log."""
+        return self.topic, self.partition, self.offset
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedEvent:
+    """A consumed event and what its batch did with it."""
+
+    event: ConsumedEvent
+    outcome: Outcome
+
+
+class EventRejected(StreamsError):
+    """One event cannot be projected: its handler raised, or its rows do not fit its table."""
+
+    def __init__(self, event: ConsumedEvent, handler: str, cause: BaseException) -> None:
+        super().__init__(
+            f"event {event.envelope.id} ({event.envelope.type}) failed in {handler}: "
+            f"{type(cause).__name__}: {cause}"
+        )
+        self.event = event
+        self.handler = handler
+        self.cause = cause
+        self.retriable = bool(getattr(cause, "retriable", False))
+
+
+class BatchRejected(StreamsError):
+    """PostgreSQL refused the data of a batch without saying which event; split it to find out."""
+
+    def __init__(self, cause: psycopg.Error) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+
+
+@dataclass
+class _Candidate:
+    """A fresh event to project, and which of its rows it moved forward in log order."""
+
+    event: ConsumedEvent
+    projection: Projection | None
+    advanced: set[tuple[str, str]] = field(default_factory=set)
+
+    def outcome(self) -> Outcome:
+        """Processed when, taken in log order, it moved its own object's row forward.
+
+        An event a later one of the same batch overwrites is still processed (applying the
+        batch one event at a time would have written it); it is stale only when its object's
+        row already held a newer event when its turn came.
+        """
+        if self.projection is None:
+            return Outcome.UNHANDLED
+        if not self.projection.rows:
+            return Outcome.PROCESSED
+        own = [r for r in self.projection.rows if r.id == self.event.envelope.object_id]
+        primary = (own or list(self.projection.rows))[0]
+        advanced = (primary.table, primary.id) in self.advanced
+        return Outcome.PROCESSED if advanced else Outcome.STALE
+
+
+Winners = dict[tuple[str, str], tuple[MirrorRow, _Candidate]]
+EventRecord = tuple[ConsumedEvent, Outcome, int]
+
+
+async def apply_batch(
+    conn: AsyncConnection[Any],
+    family: str,
+    events: Sequence[ConsumedEvent],
+    registry: HandlerRegistry,
+    *,
+    projection: str | None = None,
+    attempts: int = 1,
+) -> list[AppliedEvent]:
+    """Apply consumed events to the mirror tables in one transaction and return each outcome.
+
+    Order of side effects, which is what makes the projection crash-safe:
+
+    1. Lock the stored positions of the batch's partitions (``ops.projection_offsets`` rows of
+       ``projection``, the family by default) and skip every event at or below them: an
+       earlier run, perhaps another worker before a rebalance, applied those already. The lock
+       makes a second worker that briefly holds the same partition wait, then skip.
+    2. Write the rows: per object the newest event of the batch is upserted with a guard on
+       ``(last_event_created, last_event_offset)``, so a row only ever moves to a newer event;
+       then children left out of complete lists are marked deleted.
+    3. Write ``ops.event_log`` (one row per event id: a known id only counts a delivery),
+       ``ops.event_stats`` and the new positions.
+    4. Commit the transaction.
+    5. Only then may the caller let Kafka commit these offsets (ack the events).
+
+    A crash before 4 leaves nothing behind; a crash between 4 and 5 makes Kafka redeliver events
+    that step 1 skips. Raises :class:`EventRejected` naming the event whose handler or rows
+    failed and :class:`BatchRejected` when PostgreSQL refuses data it cannot attribute; other
+    database errors pass through for the caller to classify. Nothing is committed when it
+    raises. ``conn`` must be idle (not inside a transaction).
+    """
+    if not events:
+        return []
+    columns = {
+        name: await _column_types(conn, name, table.columns)
+        for name, table in registry.tables.items()
+    }
+    await _create_stages(conn, columns)
+    try:
+        async with conn.transaction():
+            return await _apply(
+                conn, family, projection or family, events, registry, columns, attempts
+            )
+    except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        raise BatchRejected(exc) from exc
+
+
+async def record_dead_letter(
+    conn: AsyncConnection[Any],
+    family: str,
+    event: ConsumedEvent,
+    letter: DeadLetter,
+    *,
+    projection: str | None = None,
+) -> bool:
+    """Record an event already produced to the dead-letter topic; return False if known.
+
+    In one transaction: the ``ops.dead_letters`` row (one per source coordinates, so recording
+    the same message twice adds nothing), its ``ops.event_log`` record with status
+    ``dead_lettered``, the stats and the position past it. Writes nothing when the stored
+    position already covers the event (another worker recorded it first).
+    """
+    projection = projection or family
+    async with conn.transaction():
+        positions = await _lock_positions(conn, projection, [event])
+        if event.offset <= positions[(event.topic, event.partition)]:
+            return False
+        cursor = await conn.execute(
+            queries("writer")["record_dead_letter"],
+            {
+                "event_id": event.envelope.id,
+                "type": event.envelope.type,
+                "family": family,
+                "handler": letter.handler,
+                "error_type": letter.error_type,
+                "error_message": letter.error_message,
+                "attempts": letter.attempts,
+                "first_failed_at": letter.first_failed_at,
+                "last_failed_at": letter.last_failed_at,
+                "source_topic": event.topic,
+                "source_partition": event.partition,
+                "source_offset": event.offset,
+                "payload": Jsonb(_payload(event.envelope)),
+            },
+        )
+        inserted = await cursor.fetchone() is not None
+        records: list[EventRecord] = [(event, Outcome.DEAD_LETTERED, 1)]
+        await _record_events(conn, family, records, attempts=letter.attempts)
+        await _count_stats(conn, family, records)
+        await _advance_positions(conn, projection, [event])
+    return inserted
+
+
+async def count_open_dead_letters(conn: AsyncConnection[Any]) -> int:
+    """Return how many dead letters wait for review (status ``open``)."""
+    async with conn.transaction():
+        cursor = await conn.execute(queries("writer")["count_open_dead_letters"])
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _apply(
+    conn: AsyncConnection[Any],
+    family: str,
+    projection: str,
+    events: Sequence[ConsumedEvent],
+    registry: HandlerRegistry,
+    columns: Mapping[str, Mapping[str, int]],
+    attempts: int,
+) -> list[AppliedEvent]:
+    positions = await _lock_positions(conn, projection, events)
+    fresh = [e for e in events if e.offset > positions[(e.topic, e.partition)]]
+    logged = await _logged_statuses(conn, [e.envelope.id for e in fresh])
+    deliveries = Counter(e.envelope.id for e in fresh)
+    outcomes: dict[tuple[str, int, int], Outcome] = {}
+    candidates: list[_Candidate] = []
+    duplicates: dict[str, EventRecord] = {}
+    seen: set[str] = set()
+    for event in fresh:
+        event_id = event.envelope.id
+        status = logged.get(event_id)
+        # A dead-lettered id seen again is another attempt (a DLQ retry), not a duplicate.
+        if event_id in seen or status not in (None, Outcome.DEAD_LETTERED):
+            outcomes[event.coordinates] = Outcome.DUPLICATE
+            if status not in (None, Outcome.DEAD_LETTERED):
+                duplicates.setdefault(event_id, (event, Outcome(status), deliveries[event_id]))
+        else:
+            candidates.append(_project(event, registry))
+        seen.add(event_id)
+    versions: dict[tuple[str, str], tuple[int, int]] = {}
+    for table, rows in _by_table(_newest_rows(candidates)).items():
+        versions.update(await _upsert_rows(conn, table, columns[table], rows))
+    _follow_log_order(candidates, versions)
+    await _mark_removed_children(conn, candidates)
+    records: list[EventRecord] = []
+    for candidate in candidates:
+        outcome = candidate.outcome()
+        outcomes[candidate.event.coordinates] = outcome
+        records.append((candidate.event, outcome, deliveries[candidate.event.envelope.id]))
+    await _record_events(conn, family, [*records, *duplicates.values()], attempts=attempts)
+    await _count_stats(conn, family, records)
+    await _advance_positions(conn, projection, fresh)
+    return [AppliedEvent(e, outcomes.get(e.coordinates, Outcome.SKIPPED)) for e in events]
+
+
+def _project(event: ConsumedEvent, registry: HandlerRegistry) -> _Candidate:
+    registered = registry.lookup(event.envelope.type)
+    if registered is None:
+        return _Candidate(event, None)
+    try:
+        projection = registered.handle(event.envelope.event())
+    except Exception as exc:
+        raise EventRejected(event, registered.name, exc) from exc
+    row_ids = {row.id for row in projection.rows}
+    for child_set in projection.child_sets:
+        if child_set.parent_id not in row_ids:
+            problem = ValueError(
+                f"the list of {child_set.table} names parent {child_set.parent_id}, "
+                "which is not among the event's rows"
+            )
+            raise EventRejected(event, registered.name, problem)
+    return _Candidate(event, projection)
+
+
+def _newest_rows(candidates: Iterable[_Candidate]) -> Winners:
+    """Keep per row the newest event of the batch: one statement cannot update a row twice."""
+    winners: Winners = {}
+    for candidate in candidates:
+        for row in candidate.projection.rows if candidate.projection else ():
+            key = (row.table, row.id)
+            current = winners.get(key)
+            if current is None or current[1].event.version < candidate.event.version:
+                winners[key] = (row, candidate)
+    return winners
+
+
+def _follow_log_order(
+    candidates: Iterable[_Candidate], versions: dict[tuple[str, str], tuple[int, int]]
+) -> None:
+    """Mark the rows each event moved forward, replaying the batch in log order over ``versions``.
+
+    ``versions`` holds each row's version before the batch and ends with its version after.
+    """
+    for candidate in candidates:
+        for row in candidate.projection.rows if candidate.projection else ():
+            key = (row.table, row.id)
+            current = versions.get(key)
+            if current is None or current < candidate.event.version:
+                versions[key] = candidate.event.version
+                candidate.advanced.add(key)
+
+
+def _by_table(winners: Winners) -> dict[str, list[tuple[MirrorRow, ConsumedEvent]]]:
+    tables: dict[str, list[tuple[MirrorRow, ConsumedEvent]]] = defaultdict(list)
+    for row, candidate in winners.values():
+        tables[row.table].append((row, candidate.event))
+    return tables
+
+
+async def _upsert_rows(
+    conn: AsyncConnection[Any],
+    table: str,
+    columns: Mapping[str, int],
+    rows: Sequence[tuple[MirrorRow, ConsumedEvent]],
+) -> dict[tuple[str, str], tuple[int, int]]:
+    """COPY rows into the table's staging table, upsert the newer ones; return prior versions."""
+    q = queries("writer")
+    names = list(columns)
+    target = sql.Identifier(MIRROR_SCHEMA, table)
+    stage = _stage_name(table)
+    column_list = sql.SQL(", ").join(map(sql.Identifier, names))
+    copy = sql.SQL("COPY {stage} ({columns}) FROM STDIN").format(stage=stage, columns=column_list)
+    async with conn.cursor() as cursor:
+        async with cursor.copy(copy) as loading:
+            loading.set_types(list(columns.values()))
+            for row, event in rows:
+                try:
+                    await loading.write_row(_staged_row(row, event, names))
+                except (TypeError, ValueError, psycopg.DataError) as exc:
+                    raise EventRejected(event, f"{MIRROR_SCHEMA}.{table}", exc) from exc
+        assignments = sql.SQL(", ").join(
+            sql.SQL("{name} = excluded.{name}").format(name=sql.Identifier(name))
+            for name in names
+            if name != "id"
+        )
+        upsert = sql.SQL(q["upsert_mirror"]).format(
+            table=target, stage=stage, columns=column_list, assignments=assignments
+        )
+        await cursor.execute(upsert)
+        return {
+            (table, str(row_id)): (int(created), int(offset))
+            for row_id, created, offset in await cursor.fetchall()
+        }
+
+
+def _staged_row(row: MirrorRow, event: ConsumedEvent, names: Sequence[str]) -> list[Any]:
+    envelope = event.envelope
+    common = {
+        "id": row.id,
+        "data": row.data,
+        "deleted": row.deleted,
+        "livemode": envelope.livemode,
+        "account": envelope.account,
+        "last_event_id": envelope.id,
+        "last_event_created": datetime.fromtimestamp(envelope.created, UTC),
+        "last_event_offset": event.offset,
+    }
+    return [common[name] if name in common else row.columns.get(name) for name in names]
+
+
+async def _mark_removed_children(
+    conn: AsyncConnection[Any], candidates: Sequence[_Candidate]
+) -> None:
+    newest: dict[tuple[str, str, str], dict[str, tuple[int, int]]] = defaultdict(dict)
+    for candidate in candidates:
+        if candidate.projection is None:
+            continue
+        tables = {row.id: row.table for row in candidate.projection.rows}
+        for child_set in candidate.projection.child_sets:
+            group = (child_set.table, child_set.parent_column, tables[child_set.parent_id])
+            known = newest[group].get(child_set.parent_id)
+            if known is None or known < candidate.event.version:
+                newest[group][child_set.parent_id] = candidate.event.version
+    if not newest:
+        return
+    event_ids = [c.event.envelope.id for c in candidates]
+    template = queries("writer")["mark_removed_children"]
+    for (child, parent_column, parent), versions in newest.items():
+        statement = sql.SQL(template).format(
+            child=sql.Identifier(MIRROR_SCHEMA, child),
+            parent=sql.Identifier(MIRROR_SCHEMA, parent),
+            parent_column=sql.Identifier(parent_column),
+        )
+        parents = sorted(versions)
+        await conn.execute(
+            statement,
+            {
+                "parents": parents,
+                "created": [versions[p][0] for p in parents],
+                "offsets": [versions[p][1] for p in parents],
+                "event_ids": event_ids,
+            },
+        )
+
+
+async def _lock_positions(
+    conn: AsyncConnection[Any], projection: str, events: Iterable[ConsumedEvent]
+) -> dict[tuple[str, int], int]:
+    partitions = sorted({(e.topic, e.partition) for e in events})
+    cursor = await conn.execute(
+        queries("writer")["lock_positions"],
+        {
+            "projection": projection,
+            "topics": [topic for topic, _ in partitions],
+            "partitions": [partition for _, partition in partitions],
+        },
+    )
+    return {(str(topic), int(part)): int(off) for topic, part, off in await cursor.fetchall()}
+
+
+async def _advance_positions(
+    conn: AsyncConnection[Any], projection: str, events: Iterable[ConsumedEvent]
+) -> None:
+    newest: dict[tuple[str, int], int] = {}
+    for event in events:
+        key = (event.topic, event.partition)
+        newest[key] = max(newest.get(key, -1), event.offset)
+    if not newest:
+        return
+    await conn.execute(
+        queries("writer")["advance_positions"],
+        {
+            "projection": projection,
+            "topics": [topic for topic, _ in newest],
+            "partitions": [partition for _, partition in newest],
+            "offsets": list(newest.values()),
+        },
+    )
+
+
+async def _logged_statuses(conn: AsyncConnection[Any], event_ids: list[str]) -> dict[str, str]:
+    if not event_ids:
+        return {}
+    cursor = await conn.execute(queries("writer")["logged_events"], {"event_ids": event_ids})
+    return {str(event_id): str(status) for event_id, status in await cursor.fetchall()}
+
+
+async def _record_events(
+    conn: AsyncConnection[Any], family: str, records: Sequence[EventRecord], *, attempts: int
+) -> None:
+    if not records:
+        return
+    envelopes = [event.envelope for event, _, _ in records]
+    await conn.execute(
+        queries("writer")["record_events"],
+        {
+            "family": family,
+            "event_ids": [e.id for e in envelopes],
+            "types": [e.type for e in envelopes],
+            "object_ids": [e.object_id for e in envelopes],
+            "accounts": [e.account for e in envelopes],
+            "livemodes": [e.livemode for e in envelopes],
+            "created": [e.created for e in envelopes],
+            "received_at": [e.received_at for e in envelopes],
+            "statuses": [outcome.value for _, outcome, _ in records],
+            "deliveries": [count for _, _, count in records],
+            "attempts": [attempts] * len(records),
+            "sources": [e.source.value for e in envelopes],
+            "topics": [event.topic for event, _, _ in records],
+            "partitions": [event.partition for event, _, _ in records],
+            "offsets": [event.offset for event, _, _ in records],
+        },
+    )
+
+
+async def _count_stats(
+    conn: AsyncConnection[Any], family: str, records: Sequence[EventRecord]
+) -> None:
+    if not records:
+        return
+    await conn.execute(
+        queries("writer")["count_stats"],
+        {
+            "family": family,
+            "types": [event.envelope.type for event, _, _ in records],
+            "statuses": [outcome.value for _, outcome, _ in records],
+            "received_at": [event.envelope.received_at for event, _, _ in records],
+        },
+    )
+
+
+async def _column_types(
+    conn: AsyncConnection[Any], table: str, typed: Sequence[str]
+) -> dict[str, int]:
+    """Return the staged columns of a mirror table and the type each is sent as."""
+    known = _column_types_cache.get(table)
+    if known is None:
+        async with conn.transaction():
+            cursor = await conn.execute(
+                queries("writer")["column_types"], {"table": f"{MIRROR_SCHEMA}.{table}"}
+            )
+            catalog = {str(name): int(oid) for name, oid in await cursor.fetchall()}
+        missing = [name for name in (*COMMON_COLUMNS, *typed) if name not in catalog]
+        if missing:
+            raise StreamsError(
+                f"{MIRROR_SCHEMA}.{table} lacks columns {', '.join(missing)}: "
+                "run 'stripe-streams migrate'"
+            )
+        adapters = conn.adapters.types
+        known = {
+            name: catalog[name] if adapters.get(catalog[name]) is not None else _TEXT_OID
+            for name in (*COMMON_COLUMNS, *typed)
+        }
+        _column_types_cache[table] = known
+    return known
+
+
+async def _create_stages(
+    conn: AsyncConnection[Any], columns: Mapping[str, Mapping[str, int]]
+) -> None:
+    """Create the session's staging tables once, outside the batch so a rollback keeps them."""
+    wanted = frozenset(columns)
+    if _staged.get(conn) == wanted:
+        return
+    template = queries("writer")["create_stage"]
+    async with conn.transaction():
+        for table in sorted(wanted):
+            await conn.execute(
+                sql.SQL(template).format(
+                    stage=_stage_name(table), table=sql.Identifier(MIRROR_SCHEMA, table)
+                )
+            )
+    _staged[conn] = wanted
+
+
+def _stage_name(table: str) -> sql.Identifier:
+    return sql.Identifier(f"stage_{table}")
+
+
+def _payload(envelope: EventEnvelope) -> Any:
+    try:
+        return json.loads(envelope.payload)
+    except ValueError:
+        return {"unparsed_payload": envelope.payload}
