@@ -13,10 +13,12 @@ import ipaddress
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from ingest.metrics import CONTENT_TYPE_LATEST, GatewayMetrics, Outcome
 from ingest.producer import EventAppender, EventTooLarge, LogUnavailable
@@ -31,8 +33,8 @@ log = logging.getLogger(__name__)
 WEBHOOK_PATH = "/webhooks/stripe"
 MAX_BODY_BYTES = 1024 * 1024
 
-Message = dict[str, Any]
-Scope = dict[str, Any]
+Message = MutableMapping[str, Any]
+Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -242,9 +244,9 @@ class _PreparedEvent:
 def _prepare(body: bytes, endpoint: str) -> _PreparedEvent:
     """Wrap a verified body in its envelope and encode it; raise InvalidEvent if it is no event."""
     try:
+        event = orjson.loads(body)
         text = body.decode("utf-8")
-        event = json.loads(text)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+    except (orjson.JSONDecodeError, UnicodeDecodeError):
         raise InvalidEvent("body is not JSON") from None
     envelope = EventEnvelope.from_event_dict(
         event, payload=text, endpoint=endpoint, source=EventSource.WEBHOOK,

@@ -46,6 +46,8 @@ def run_gateway(settings: Settings, host: str, port: int) -> None:
         log_config=None,
         access_log=False,
         server_header=False,
+        # X-Forwarded-For from a trusted proxy matters only to the source-network allow-list.
+        proxy_headers=settings.allowed_networks is not None,
         backlog=2048,
         timeout_graceful_shutdown=int(settings.produce_timeout + _SHUTDOWN_MARGIN),
     )
