@@ -191,20 +191,21 @@ async def record_dead_letter(
     event: ConsumedEvent,
     letter: DeadLetter,
     *,
-    projection: str | None = None,
+    projection: str | None,
 ) -> bool:
     """Record an event already produced to the dead-letter topic; return False if known.
 
     In one transaction: the ``ops.dead_letters`` row (one per source coordinates, so recording
     the same message twice adds nothing), its ``ops.event_log`` record with status
-    ``dead_lettered``, the stats and the position past it. Writes nothing when the stored
-    position already covers the event (another worker recorded it first).
+    ``dead_lettered``, the stats and, for a ``projection``, the position past it. Writes nothing
+    when that position already covers the event (another worker recorded it first). The router,
+    which projects nothing, passes ``projection=None``.
     """
-    projection = projection or family
     async with conn.transaction():
-        positions = await _lock_positions(conn, projection, [event])
-        if event.offset <= positions[(event.topic, event.partition)]:
-            return False
+        if projection is not None:
+            positions = await _lock_positions(conn, projection, [event])
+            if event.offset <= positions[(event.topic, event.partition)]:
+                return False
         cursor = await conn.execute(
             queries("writer")["record_dead_letter"],
             {
@@ -227,7 +228,8 @@ async def record_dead_letter(
         records: list[EventRecord] = [(event, Outcome.DEAD_LETTERED, 1)]
         await _record_events(conn, family, records, attempts=letter.attempts)
         await _count_stats(conn, family, records)
-        await _advance_positions(conn, projection, [event])
+        if projection is not None:
+            await _advance_positions(conn, projection, [event])
     return inserted
 
 

@@ -64,6 +64,13 @@ def gateway(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def worker(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the Faust worker with every agent; metrics at /metrics on the web port."""
+    from streams.worker import run_worker
+
+    return run_worker(settings, args.web_port)
+
+
 def show_settings(settings: Settings, args: argparse.Namespace) -> int:
     """Print every setting: environment variable, default and meaning."""
     table = Table("variable", "default", "meaning")
@@ -82,6 +89,13 @@ def _gateway_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080, help="port to listen on")
 
 
+def _worker_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--web-port", type=int, default=None,
+        help="port serving /metrics (default: STRIPE_STREAMS_WORKER_PORT, 6066)",
+    )
+
+
 def _no_arguments(parser: argparse.ArgumentParser) -> None:
     return None
 
@@ -90,6 +104,7 @@ COMMANDS: dict[str, tuple[Command, Callable[[argparse.ArgumentParser], None]]] =
     "services": (services, _services_arguments),
     "migrate": (migrate, _no_arguments),
     "gateway": (gateway, _gateway_arguments),
+    "worker": (worker, _worker_arguments),
     "settings": (show_settings, _no_arguments),
 }
 
@@ -100,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     for field in dataclasses.fields(Settings):
         if field.name == "webhook_secrets" or field.name == "stripe_api_key":
             continue  # Secrets stay out of flags so they never show in a process list.
+        if field.metadata.get("per_family"):
+            continue  # One variable per family (..._<FAMILY>): environment only.
         common.add_argument(
             "--" + field.name.replace("_", "-"),
             dest=f"setting_{field.name}",

@@ -1,0 +1,69 @@
+"""The Faust app of the worker, built from Settings.
+
+Processing guarantee is ``at_least_once`` and every agent keeps one batch in flight; exactly-once
+effects come from PostgreSQL (positions stored with the rows, event ids deduplicated, guarded
+upserts), not from Kafka transactions. Messages are consumed and produced as raw bytes: the
+Avro codec is applied by the agents, which must be able to dead-letter a message that does not
+decode.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from streams.agents import DEAD_LETTER_SUFFIX, WorkerRuntime, register_agents
+from streams.routing import FAMILIES
+from streams.settings import Settings
+
+
+def worker_topics(settings: Settings) -> list[str]:
+    """Every topic the worker reads or writes: the log, the family topics and the DLQ."""
+    return [
+        settings.topic(),
+        *(settings.topic(family) for family in FAMILIES),
+        settings.topic(DEAD_LETTER_SUFFIX),
+    ]
+
+
+def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
+    """Return the worker's Faust app with the router and every family agent registered.
+
+    The app id (and Kafka consumer group) is ``settings.group_id``; the web server on
+    ``web_port`` (default ``settings.worker_web_port``) serves the metrics at ``/metrics``.
+    """
+    app = faust.App(
+        settings.group_id,
+        broker=[f"kafka://{server.strip()}" for server in
+                settings.kafka_bootstrap_servers.split(",")],
+        processing_guarantee="at_least_once",
+        store="memory://",
+        autodiscover=False,
+        topic_partitions=settings.topic_partitions,
+        # No tables, so no leader election topic is needed.
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_enabled=True,
+        web_port=web_port or settings.worker_web_port,
+        # Faust wants a data directory even without tables; keep it out of the working directory.
+        datadir=Path(tempfile.gettempdir()) / f"{settings.group_id}-data",
+        # The broker commits only what agents acknowledged; committing often shortens the
+        # redelivery after a crash (the skipped events), nothing else depends on it.
+        broker_commit_interval=1.0,
+    )
+    runtime = WorkerRuntime(settings)
+    app.add_dependency(runtime)
+    register_agents(app, settings, runtime)
+
+    @app.page("/metrics")
+    async def metrics(view: faust.web.View, request: Any) -> Any:
+        return view.bytes(
+            runtime.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    return app

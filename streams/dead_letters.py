@@ -1,0 +1,256 @@
+"""What a family agent does when applying a batch fails: split, retry, dead-letter, or wait.
+
+The policy reads one thing from an error: ``retriable``. A retriable error (PostgreSQL or Kafka
+down, a deadlock) is waited out with capped exponential backoff for as long as it lasts, and
+nothing is dead-lettered. Any other failure of a batch is narrowed down to the event that causes
+it (the writer names it, or the batch is split in halves until one event is left); that event
+is tried again with exponential backoff up to ``max_attempts`` times, then produced to the
+dead-letter topic and recorded in ``ops.dead_letters``, and the partition moves on. Errors that
+are neither (a missing table, a bug) propagate: the agent stops the worker rather than skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from typing import TypeVar
+
+from projections.writer import (
+    AppliedEvent,
+    BatchRejected,
+    ConsumedEvent,
+    EventRejected,
+    Outcome,
+)
+from streams.codec import DeadLetter
+from streams.envelope import EventEnvelope, EventSource
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+ApplyBatch = Callable[[Sequence[ConsumedEvent], int], Awaitable[list[AppliedEvent]]]
+"""Apply events in one transaction, recording the given attempt number."""
+PublishDeadLetter = Callable[[DeadLetter], Awaitable[None]]
+"""Produce a dead letter to the dead-letter topic and wait for Kafka's acknowledgement."""
+RecordDeadLetter = Callable[[ConsumedEvent, DeadLetter], Awaitable[bool]]
+"""Record a produced dead letter in PostgreSQL; False when the position already covered it."""
+UNDECODABLE = "undecodable"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how patiently a failing event is tried again."""
+
+    max_attempts: int = 3
+    backoff: float = 0.5
+    backoff_max: float = 30.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        """The policy configured by STRIPE_STREAMS_MAX_ATTEMPTS and STRIPE_STREAMS_RETRY_*."""
+        return cls(settings.max_attempts, settings.retry_backoff, settings.retry_backoff_max)
+
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1, 2, ...): doubling, capped."""
+        return float(min(self.backoff_max, self.backoff * 2 ** (retry - 1)))
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """Whether waiting and trying again can succeed, as the error itself says."""
+    return getattr(exc, "retriable", False) is True
+
+
+class DeadLetterPolicy:
+    """Apply a family's batches: no poison event blocks its partition, no outage loses events."""
+
+    def __init__(
+        self,
+        family: str,
+        *,
+        apply: ApplyBatch,
+        publish: PublishDeadLetter,
+        record: RecordDeadLetter,
+        handler_of: Callable[[str], str],
+        retry: RetryPolicy,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.family = family
+        self._apply = apply
+        self._publish = publish
+        self._record = record
+        self._handler_of = handler_of
+        self._retry = retry
+        self._sleep = sleep
+
+    async def apply(self, events: Sequence[ConsumedEvent]) -> list[AppliedEvent]:
+        """Apply events in log order; return each one's outcome once all are settled.
+
+        Every event ends applied, stale, unhandled, a duplicate, skipped or dead-lettered:
+        when this returns, the caller may acknowledge all of them to Kafka.
+        """
+        results: list[AppliedEvent] = []
+        await self._settle(list(events), results)
+        return results
+
+    async def dead_letter_undecodable(
+        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+        timestamp: float | None, error: Exception,
+    ) -> AppliedEvent:
+        """Dead-letter a message that is not an event envelope at all (decoding cannot improve)."""
+        envelope = undecodable_envelope(topic, partition, offset, key, value, timestamp)
+        event = ConsumedEvent(envelope, topic, partition, offset)
+        now = datetime.now(UTC)
+        return await self._dead_letter(event, "decode", error, attempts=1, first_failed_at=now)
+
+    async def _settle(self, events: list[ConsumedEvent], results: list[AppliedEvent]) -> None:
+        pending = events
+        while pending:
+            try:
+                results.extend(await self._patiently(partial(self._apply, pending, 1)))
+                return
+            except EventRejected as rejected:
+                index = _position(pending, rejected.event)
+                await self._settle(pending[:index], results)
+                results.append(await self._retry_alone(pending[index], rejected))
+                pending = pending[index + 1 :]
+            except BatchRejected as rejected:
+                if len(pending) == 1:
+                    results.append(await self._retry_alone(pending[0], rejected))
+                    return
+                half = len(pending) // 2
+                log.info(
+                    "%s: batch of %d refused (%s); splitting it to find the event",
+                    self.family, len(pending), rejected,
+                )
+                await self._settle(pending[:half], results)
+                pending = pending[half:]
+
+    async def _retry_alone(
+        self, event: ConsumedEvent, failure: EventRejected | BatchRejected
+    ) -> AppliedEvent:
+        first_failed_at = datetime.now(UTC)
+        for attempt in range(2, self._retry.max_attempts + 1):
+            delay = self._retry.delay(attempt - 1)
+            log.warning(
+                "%s: event %s at %s/%d/%d failed (%s); attempt %d of %d in %.1fs",
+                self.family, event.envelope.id, *event.coordinates, failure, attempt,
+                self._retry.max_attempts, delay,
+            )
+            await self._sleep(delay)
+            try:
+                applied = await self._patiently(partial(self._apply, [event], attempt))
+            except (EventRejected, BatchRejected) as again:
+                failure = again
+            else:
+                return applied[0]
+        return await self._dead_letter(
+            event,
+            failure.handler if isinstance(failure, EventRejected) else self._handler_of(
+                event.envelope.type
+            ),
+            failure.cause,
+            attempts=self._retry.max_attempts,
+            first_failed_at=first_failed_at,
+        )
+
+    async def _dead_letter(
+        self,
+        event: ConsumedEvent,
+        handler: str,
+        error: BaseException,
+        *,
+        attempts: int,
+        first_failed_at: datetime,
+    ) -> AppliedEvent:
+        letter = DeadLetter(
+            event=event.envelope,
+            error_type=type(error).__name__,
+            error_message=str(error) or repr(error),
+            retriable=is_retriable(error),
+            handler=handler,
+            attempts=attempts,
+            source_topic=event.topic,
+            source_partition=event.partition,
+            source_offset=event.offset,
+            first_failed_at=first_failed_at,
+            last_failed_at=datetime.now(UTC),
+        )
+        # Produce first: a crash before the record makes the restarted worker fail the event
+        # again and produce it once more, while recording first could lose the message.
+        await self._patiently(partial(self._publish, letter))
+        recorded = await self._patiently(partial(self._record, event, letter))
+        log.error(
+            "%s: event %s (%s) at %s/%d/%d dead-lettered after %d attempt(s): %s: %s",
+            self.family, event.envelope.id, event.envelope.type, *event.coordinates, attempts,
+            letter.error_type, letter.error_message,
+        )
+        return AppliedEvent(event, Outcome.DEAD_LETTERED if recorded else Outcome.SKIPPED)
+
+    async def _patiently(self, operation: Callable[[], Awaitable[T]]) -> T:
+        return await patiently(operation, self._retry, self.family, self._sleep)
+
+
+async def patiently(
+    operation: Callable[[], Awaitable[T]],
+    retry: RetryPolicy,
+    what: str,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> T:
+    """Run ``operation`` until it stops failing with retriable errors, backing off between tries.
+
+    There is no limit: an outage is waited out however long it lasts, and logged while it does.
+    A non-retriable error is raised at once.
+    """
+    waits = 0
+    while True:
+        try:
+            return await operation()
+        except Exception as exc:
+            if not is_retriable(exc):
+                raise
+            waits += 1
+            delay = retry.delay(waits)
+            log.warning("%s: %s; trying again in %.1fs (wait %d)", what, exc, delay, waits)
+            await sleep(delay)
+
+
+def undecodable_envelope(
+    topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+    timestamp: float | None,
+) -> EventEnvelope:
+    """An envelope standing in for a message that could not be decoded, keeping its bytes."""
+    placeholder = f"{UNDECODABLE}:{topic}:{partition}:{offset}"
+    kept = {
+        "undecodable_message": {
+            "key": base64.b64encode(key).decode() if key is not None else None,
+            "value": base64.b64encode(value).decode() if value is not None else None,
+        }
+    }
+    return EventEnvelope(
+        id=placeholder,
+        type=UNDECODABLE,
+        object_id=key.decode("utf-8", "replace") if key else placeholder,
+        object_type=UNDECODABLE,
+        created=int(timestamp or 0),
+        api_version=None,
+        livemode=False,
+        account=None,
+        endpoint="unknown",
+        source=EventSource.WEBHOOK,
+        received_at=datetime.fromtimestamp(timestamp, UTC) if timestamp else datetime.now(UTC),
+        payload=json.dumps(kept),
+    )
+
+
+def _position(events: Sequence[ConsumedEvent], event: ConsumedEvent) -> int:
+    for index, candidate in enumerate(events):
+        if candidate.coordinates == event.coordinates:
+            return index
+    raise ValueError(f"event at {event.coordinates} is not in the batch")

@@ -1,0 +1,33 @@
+"""The ``stripe-streams worker`` command: the Faust worker with every agent and ``/metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+import faust
+
+from streams.app import create_app, worker_topics
+from streams.settings import Settings
+from streams.topics import ensure_topics
+
+
+def run_worker(settings: Settings, web_port: int | None = None) -> int:
+    """Create the worker's topics if missing, then run the worker until it is stopped.
+
+    Returns the worker's exit code: 0 after SIGTERM or SIGINT, non-zero when an agent stopped
+    it because a batch could not be settled.
+    """
+    asyncio.run(
+        ensure_topics(
+            settings.kafka_bootstrap_servers, worker_topics(settings), settings.topic_partitions
+        )
+    )
+    app = create_app(settings, web_port=web_port)
+    worker = faust.Worker(app, loglevel=logging.INFO, quiet=not sys.stdout.isatty())
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as stopped:
+        return stopped.code if isinstance(stopped.code, int) else 1
+    return 0
