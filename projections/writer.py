@@ -115,6 +115,7 @@ class _Candidate:
 
     event: ConsumedEvent
     projection: Projection | None
+    deliveries: int
     advanced: set[tuple[str, str]] = field(default_factory=set)
 
     def outcome(self) -> Outcome:
@@ -134,7 +135,6 @@ class _Candidate:
         return Outcome.PROCESSED if advanced else Outcome.STALE
 
 
-Winners = dict[tuple[str, str], tuple[MirrorRow, _Candidate]]
 EventRecord = tuple[ConsumedEvent, Outcome, int]
 
 
@@ -253,42 +253,96 @@ async def _apply(
     positions = await _lock_positions(conn, projection, events)
     fresh = [e for e in events if e.offset > positions[(e.topic, e.partition)]]
     logged = await _logged_statuses(conn, [e.envelope.id for e in fresh])
-    deliveries = Counter(e.envelope.id for e in fresh)
-    outcomes: dict[tuple[str, int, int], Outcome] = {}
-    candidates: list[_Candidate] = []
-    duplicates: dict[str, EventRecord] = {}
-    seen: set[str] = set()
-    for event in fresh:
-        event_id = event.envelope.id
-        status = logged.get(event_id)
-        # A dead-lettered id seen again is another attempt (a DLQ retry), not a duplicate.
-        if event_id in seen or status not in (None, Outcome.DEAD_LETTERED):
-            outcomes[event.coordinates] = Outcome.DUPLICATE
-            if status not in (None, Outcome.DEAD_LETTERED):
-                duplicates.setdefault(event_id, (event, Outcome(status), deliveries[event_id]))
-        else:
-            candidates.append(_project(event, registry))
-        seen.add(event_id)
-    versions: dict[tuple[str, str], tuple[int, int]] = {}
-    for table, rows in _by_table(_newest_rows(candidates)).items():
-        versions.update(await _upsert_rows(conn, table, columns[table], rows))
-    _follow_log_order(candidates, versions)
-    await _mark_removed_children(conn, candidates)
-    records: list[EventRecord] = []
-    for candidate in candidates:
-        outcome = candidate.outcome()
-        outcomes[candidate.event.coordinates] = outcome
-        records.append((candidate.event, outcome, deliveries[candidate.event.envelope.id]))
-    await _record_events(conn, family, [*records, *duplicates.values()], attempts=attempts)
+    plan = BatchPlan(fresh, logged, registry)
+    prior: dict[tuple[str, str], tuple[int, int]] = {}
+    for table, rows in plan.newest_rows().items():
+        prior.update(await _upsert_rows(conn, table, columns[table], rows))
+    records = plan.settle(prior)
+    await _mark_removed_children(conn, plan.candidates)
+    await _record_events(conn, family, [*records, *plan.duplicates], attempts=attempts)
     await _count_stats(conn, family, records)
     await _advance_positions(conn, projection, fresh)
-    return [AppliedEvent(e, outcomes.get(e.coordinates, Outcome.SKIPPED)) for e in events]
+    return [AppliedEvent(e, plan.outcomes.get(e.coordinates, Outcome.SKIPPED)) for e in events]
 
 
-def _project(event: ConsumedEvent, registry: HandlerRegistry) -> _Candidate:
+class BatchPlan:
+    """The part of applying a batch that needs no database: triage, newest rows, outcomes.
+
+    Built from the batch's fresh events (those above the stored positions), in log order, and
+    the statuses ``ops.event_log`` already holds for their ids. The first sighting of an id is
+    projected by its handler (a dead-lettered id seen again is another attempt, e.g. a DLQ
+    retry); any later sighting only counts a delivery.
+    """
+
+    def __init__(
+        self,
+        fresh: Sequence[ConsumedEvent],
+        logged: Mapping[str, str],
+        registry: HandlerRegistry,
+    ) -> None:
+        deliveries = Counter(e.envelope.id for e in fresh)
+        self.candidates: list[_Candidate] = []
+        self.outcomes: dict[tuple[str, int, int], Outcome] = {}
+        known: dict[str, EventRecord] = {}
+        seen: set[str] = set()
+        for event in fresh:
+            event_id = event.envelope.id
+            status = logged.get(event_id)
+            if status is not None and status != Outcome.DEAD_LETTERED:
+                self.outcomes[event.coordinates] = Outcome.DUPLICATE
+                known.setdefault(event_id, (event, Outcome(status), deliveries[event_id]))
+            elif event_id in seen:
+                self.outcomes[event.coordinates] = Outcome.DUPLICATE
+            else:
+                self.candidates.append(_project(event, registry, deliveries[event_id]))
+            seen.add(event_id)
+        self.duplicates: list[EventRecord] = list(known.values())
+        """Event-log records of ids logged before: each counts its deliveries, nothing else."""
+
+    def newest_rows(self) -> dict[str, list[tuple[MirrorRow, ConsumedEvent]]]:
+        """Per table, each row as the newest event of the batch shows it.
+
+        One statement cannot update a row twice, and the guarded upsert would keep only the
+        newest anyway.
+        """
+        winners: dict[tuple[str, str], tuple[MirrorRow, ConsumedEvent]] = {}
+        for candidate in self.candidates:
+            for row in candidate.projection.rows if candidate.projection else ():
+                key = (row.table, row.id)
+                current = winners.get(key)
+                if current is None or current[1].version < candidate.event.version:
+                    winners[key] = (row, candidate.event)
+        tables: dict[str, list[tuple[MirrorRow, ConsumedEvent]]] = defaultdict(list)
+        for row, event in winners.values():
+            tables[row.table].append((row, event))
+        return tables
+
+    def settle(self, prior: Mapping[tuple[str, str], tuple[int, int]]) -> list[EventRecord]:
+        """Decide each candidate's outcome from the rows' versions before the batch.
+
+        Replays the batch in log order: an event whose own object's row held an older version
+        (or none) when its turn came is processed, otherwise stale. Returns the event-log
+        records of the candidates.
+        """
+        versions = dict(prior)
+        records: list[EventRecord] = []
+        for candidate in self.candidates:
+            for row in candidate.projection.rows if candidate.projection else ():
+                key = (row.table, row.id)
+                current = versions.get(key)
+                if current is None or current < candidate.event.version:
+                    versions[key] = candidate.event.version
+                    candidate.advanced.add(key)
+            outcome = candidate.outcome()
+            self.outcomes[candidate.event.coordinates] = outcome
+            records.append((candidate.event, outcome, candidate.deliveries))
+        return records
+
+
+def _project(event: ConsumedEvent, registry: HandlerRegistry, deliveries: int) -> _Candidate:
     registered = registry.lookup(event.envelope.type)
     if registered is None:
-        return _Candidate(event, None)
+        return _Candidate(event, None, deliveries)
     try:
         projection = registered.handle(event.envelope.event())
     except Exception as exc:
@@ -301,42 +355,7 @@ def _project(event: ConsumedEvent, registry: HandlerRegistry) -> _Candidate:
                 "which is not among the event's rows"
             )
             raise EventRejected(event, registered.name, problem)
-    return _Candidate(event, projection)
-
-
-def _newest_rows(candidates: Iterable[_Candidate]) -> Winners:
-    """Keep per row the newest event of the batch: one statement cannot update a row twice."""
-    winners: Winners = {}
-    for candidate in candidates:
-        for row in candidate.projection.rows if candidate.projection else ():
-            key = (row.table, row.id)
-            current = winners.get(key)
-            if current is None or current[1].event.version < candidate.event.version:
-                winners[key] = (row, candidate)
-    return winners
-
-
-def _follow_log_order(
-    candidates: Iterable[_Candidate], versions: dict[tuple[str, str], tuple[int, int]]
-) -> None:
-    """Mark the rows each event moved forward, replaying the batch in log order over ``versions``.
-
-    ``versions`` holds each row's version before the batch and ends with its version after.
-    """
-    for candidate in candidates:
-        for row in candidate.projection.rows if candidate.projection else ():
-            key = (row.table, row.id)
-            current = versions.get(key)
-            if current is None or current < candidate.event.version:
-                versions[key] = candidate.event.version
-                candidate.advanced.add(key)
-
-
-def _by_table(winners: Winners) -> dict[str, list[tuple[MirrorRow, ConsumedEvent]]]:
-    tables: dict[str, list[tuple[MirrorRow, ConsumedEvent]]] = defaultdict(list)
-    for row, candidate in winners.values():
-        tables[row.table].append((row, candidate.event))
-    return tables
+    return _Candidate(event, projection, deliveries)
 
 
 async def _upsert_rows(

@@ -264,14 +264,19 @@ def _source_of(event: Delivery) -> tuple[str, int, int, bytes | None, bytes | No
 def _lag_meter(app: faust.App, runtime: WorkerRuntime) -> Any:
     async def measure_consumer_lag() -> None:
         """Refresh ``consumer_lag`` for the partitions assigned to this worker right now."""
+        assigned = sorted(app.consumer.assignment())
+        try:
+            ends = await app.consumer.highwaters(*assigned)
+        except Exception as exc:
+            log.debug("consumer_lag not refreshed: %r", exc)
+            return
         lag: dict[tuple[str, int], int] = {}
-        for tp in app.consumer.assignment():
-            highwater = app.consumer.highwater(tp)
+        for tp in assigned:
             position = runtime.next_offsets.get((tp.topic, tp.partition))
             if position is None:
                 position = await app.consumer.position(tp)
-            if highwater is not None and position is not None:
-                lag[(tp.topic, tp.partition)] = max(0, highwater - position)
+            if ends.get(tp) is not None and position is not None:
+                lag[(tp.topic, tp.partition)] = max(0, ends[tp] - position)
         runtime.consumer_lag = lag
 
     return measure_consumer_lag

@@ -1,0 +1,168 @@
+"""The writer's batch plan: duplicates, newest rows and stale events, decided without a database."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from projections.writer import BatchPlan, ConsumedEvent, EventRejected, Outcome
+from streams.envelope import EventEnvelope, EventSource
+from streams.handlers.registry import ChildSet, Event, HandlerRegistry, MirrorRow, Projection
+
+TOPIC = "stripe.events.widgets"
+widgets = HandlerRegistry()
+widgets.table("widgets", "colour")
+widgets.table("widget_parts", "widget")
+
+
+@widgets.handles("widgets", "widget.updated")
+def widget_updated(event: Event) -> Projection:
+    widget = event["data"]["object"]
+    if widget.get("colour") == "broken":
+        raise ValueError("colour cannot be broken")
+    parts = tuple(
+        MirrorRow("widget_parts", part, {"id": part}, {"widget": widget["id"]})
+        for part in widget.get("parts", ())
+    )
+    row = MirrorRow("widgets", widget["id"], widget, {"colour": widget.get("colour")})
+    child_sets = (ChildSet("widget_parts", "widget", widget.get("parent", widget["id"]),
+                           frozenset(p.id for p in parts)),)
+    return Projection(rows=(row, *parts), child_sets=child_sets)
+
+
+def widget_event(
+    event_id: str, offset: int, created: int, *, object_id: str = "wid_1", colour: str = "red",
+    event_type: str = "widget.updated", **fields: object,
+) -> ConsumedEvent:
+    payload = {
+        "id": event_id, "object": "event", "type": event_type, "created": created,
+        "data": {"object": {"id": object_id, "object": "widget", "colour": colour, **fields}},
+    }
+    envelope = EventEnvelope.from_event_dict(
+        payload, payload=json.dumps(payload), endpoint="default", source=EventSource.WEBHOOK,
+        received_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    return ConsumedEvent(envelope, TOPIC, 0, offset)
+
+
+def outcomes(plan: BatchPlan, events: list[ConsumedEvent]) -> list[Outcome]:
+    return [plan.outcomes[e.coordinates] for e in events]
+
+
+def test_events_of_one_object_in_log_order_are_all_processed_and_the_newest_is_written() -> None:
+    events = [widget_event(f"evt_{n}", n, 100 + n, colour=c)
+              for n, c in enumerate(["red", "green", "blue"])]
+    plan = BatchPlan(events, {}, widgets)
+
+    [(row, event)] = plan.newest_rows()["widgets"]
+    plan.settle({})
+
+    assert (row.columns["colour"], event.envelope.id) == ("blue", "evt_2")
+    assert outcomes(plan, events) == [Outcome.PROCESSED] * 3
+
+
+def test_events_older_than_what_the_row_already_holds_are_stale() -> None:
+    events = [widget_event("evt_a", 10, 100), widget_event("evt_b", 11, 300)]
+    plan = BatchPlan(events, {}, widgets)
+
+    plan.settle({("widgets", "wid_1"): (200, 5)})
+
+    assert outcomes(plan, events) == [Outcome.STALE, Outcome.PROCESSED]
+
+
+def test_an_event_arriving_after_a_newer_one_of_the_same_batch_is_stale() -> None:
+    events = [widget_event("evt_new", 1, 300), widget_event("evt_old", 2, 100)]
+    plan = BatchPlan(events, {}, widgets)
+
+    [(_, written)] = plan.newest_rows()["widgets"]
+    plan.settle({})
+
+    assert written.envelope.id == "evt_new"
+    assert outcomes(plan, events) == [Outcome.PROCESSED, Outcome.STALE]
+
+
+def test_ties_on_created_are_broken_by_log_position() -> None:
+    events = [widget_event("evt_a", 7, 100, colour="red"),
+              widget_event("evt_b", 8, 100, colour="blue")]
+    plan = BatchPlan(events, {}, widgets)
+
+    [(row, _)] = plan.newest_rows()["widgets"]
+
+    assert row.columns["colour"] == "blue"
+
+
+def test_a_redelivered_id_only_counts_a_delivery() -> None:
+    first, again = widget_event("evt_1", 1, 100), widget_event("evt_1", 2, 100)
+    known = widget_event("evt_0", 3, 90)
+    plan = BatchPlan([first, again, known], {"evt_0": "processed"}, widgets)
+
+    records = plan.settle({})
+
+    assert outcomes(plan, [first, again, known]) == [
+        Outcome.PROCESSED, Outcome.DUPLICATE, Outcome.DUPLICATE,
+    ]
+    assert [(e.envelope.id, outcome, n) for e, outcome, n in records] == [
+        ("evt_1", Outcome.PROCESSED, 2)
+    ]
+    assert [(e.envelope.id, outcome, n) for e, outcome, n in plan.duplicates] == [
+        ("evt_0", Outcome.PROCESSED, 1)
+    ]
+
+
+def test_a_dead_lettered_id_seen_again_is_tried_again() -> None:
+    retried = widget_event("evt_dead", 4, 100)
+    plan = BatchPlan([retried], {"evt_dead": "dead_lettered"}, widgets)
+
+    plan.settle({})
+
+    assert outcomes(plan, [retried]) == [Outcome.PROCESSED]
+    assert plan.duplicates == []
+
+
+def test_a_type_without_handler_is_unhandled_and_writes_nothing() -> None:
+    unknown = widget_event("evt_x", 1, 100, event_type="gadget.invented")
+    plan = BatchPlan([unknown], {}, widgets)
+
+    plan.settle({})
+
+    assert plan.newest_rows() == {}
+    assert outcomes(plan, [unknown]) == [Outcome.UNHANDLED]
+
+
+def test_a_failing_handler_names_its_event_and_handler() -> None:
+    good, bad = widget_event("evt_ok", 1, 100), widget_event("evt_bad", 2, 101, colour="broken")
+
+    with pytest.raises(EventRejected) as rejected:
+        BatchPlan([good, bad], {}, widgets)
+
+    assert rejected.value.event == bad
+    assert rejected.value.handler == "widgets.widget_updated"
+    assert "colour cannot be broken" in str(rejected.value)
+    assert not rejected.value.retriable
+
+
+def test_a_list_of_children_whose_parent_is_not_among_the_rows_is_refused() -> None:
+    orphan = widget_event("evt_o", 1, 100, parts=["part_1"], parent="wid_elsewhere")
+
+    with pytest.raises(EventRejected, match="wid_elsewhere"):
+        BatchPlan([orphan], {}, widgets)
+
+
+@given(st.permutations(range(8)))
+def test_exactly_the_events_newer_than_all_before_them_are_processed(order: list[int]) -> None:
+    events = [widget_event(f"evt_{created}", offset, created)
+              for offset, created in enumerate(order)]
+    plan = BatchPlan(events, {}, widgets)
+
+    [(_, written)] = plan.newest_rows()["widgets"]
+    plan.settle({})
+
+    running_max = [created == max(order[: i + 1]) for i, created in enumerate(order)]
+    assert written.envelope.created == 7
+    assert outcomes(plan, events) == [
+        Outcome.PROCESSED if newest else Outcome.STALE for newest in running_max
+    ]
