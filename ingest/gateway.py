@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -58,8 +59,9 @@ class Endpoint:
 class Gateway:
     """The ASGI application: webhook endpoints, ``/healthz``, ``/readyz`` and ``/metrics``.
 
-    ``log`` is started by the ASGI lifespan start-up and stopped, after the server has finished
-    every in-flight request, by the lifespan shutdown, which flushes what it still buffers.
+    ``start`` runs at the ASGI lifespan start-up; ``stop`` runs at the lifespan shutdown, after
+    the server has finished every in-flight request, and flushes what the log still buffers.
+    ``metrics_dir`` is the directory worker processes share their metrics through, if several.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class Gateway:
         *,
         start: Callable[[], Awaitable[None]] | None = None,
         stop: Callable[[], Awaitable[None]] | None = None,
+        metrics_dir: Path | None = None,
     ) -> None:
         self._log = log
         self._start, self._stop = start, stop
@@ -77,7 +80,7 @@ class Gateway:
         self._allowed: tuple[Network, ...] | None = settings.allowed_networks
         self._concurrency = settings.endpoint_concurrency
         self._retry_after = (b"retry-after", str(settings.retry_after).encode())
-        self.metrics = GatewayMetrics(e.name for e in self._endpoints.values())
+        self.metrics = GatewayMetrics((e.name for e in self._endpoints.values()), metrics_dir)
         self.startup_failure: str | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -1,9 +1,15 @@
-"""The gateway's Prometheus metrics, in a registry of their own served at ``/metrics``."""
+"""The gateway's Prometheus metrics, in a registry of their own served at ``/metrics``.
+
+With several worker processes every worker writes its samples to files in a shared directory
+(prometheus_client's multiprocess mode, chosen by ``PROMETHEUS_MULTIPROC_DIR`` before the worker
+imports the client) and any worker's ``/metrics`` answers with the sum over all of them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from enum import StrEnum
+from pathlib import Path
 
 from prometheus_client import (
     CollectorRegistry,
@@ -13,6 +19,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 __all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics", "Outcome"]
 
@@ -39,20 +46,25 @@ class Outcome(StrEnum):
 class GatewayMetrics:
     """``stripe_streams_webhooks_total`` and ``stripe_streams_ingest_seconds`` of one gateway."""
 
-    def __init__(self, endpoints: Iterable[str]) -> None:
+    def __init__(self, endpoints: Iterable[str], shared_dir: Path | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        ProcessCollector(registry=self.registry)
+        if shared_dir is None:
+            ProcessCollector(registry=self.registry)
+            own: CollectorRegistry | None = self.registry
+        else:
+            MultiProcessCollector(self.registry, path=str(shared_dir))  # type: ignore[no-untyped-call]
+            own = None  # The collector reads this worker's samples back from the files.
         webhooks = Counter(
             "stripe_streams_webhooks",
             "Webhook deliveries by endpoint and outcome.",
             ("endpoint", "outcome"),
-            registry=self.registry,
+            registry=own,
         )
         self._ingest = Histogram(
             "stripe_streams_ingest_seconds",
             "Time from receiving a webhook to Kafka's acknowledgement of its event.",
             buckets=INGEST_BUCKETS,
-            registry=self.registry,
+            registry=own,
         )
         # Every series exists from the start, so rates and alerts see zeros instead of gaps.
         self._webhooks = {

@@ -58,7 +58,7 @@ def migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 def gateway(settings: Settings, args: argparse.Namespace) -> int:
     """Run the ingest gateway: verified Stripe webhooks appended to the Kafka log."""
-    from ingest.server import run_gateway
+    from ingest.workers import run_gateway
 
     run_gateway(settings, args.host, args.port)
     return 0

@@ -210,10 +210,15 @@ class Settings:
         "webhook addresses); others get 403. Unset: any source.",
         _networks,
     )
+    gateway_workers: int = setting(
+        "STRIPE_STREAMS_GATEWAY_WORKERS", 1,
+        "Processes the gateway serves with, each with its own Kafka producer; one per core.",
+        _positive_int,
+    )
     endpoint_concurrency: int = setting(
         "STRIPE_STREAMS_ENDPOINT_CONCURRENCY", 0,
-        "Most webhook requests one endpoint handles at once; beyond it the gateway answers 429 "
-        "with Retry-After. 0: no bound.",
+        "Most webhook requests one endpoint handles at once in each gateway worker; beyond it "
+        "the gateway answers 429 with Retry-After. 0: no bound.",
         _non_negative_int,
     )
     producer_linger_ms: int = setting(

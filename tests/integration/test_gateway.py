@@ -384,8 +384,9 @@ def test_a_stopped_broker_gives_503_then_deliveries_succeed_once_it_is_back(
     assert {json.loads(b)["id"] for b in (before, during, after)} <= written
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_under_load_loses_no_event_that_was_answered_200(
-    kafka_bootstrap: str,
+    kafka_bootstrap: str, workers: int
 ) -> None:
     prefix = f"gw{uuid.uuid4().hex[:10]}"
     answered: list[str] = []
@@ -404,12 +405,18 @@ def test_sigterm_under_load_loses_no_event_that_was_answered_200(
                     answered.append(response.json()["id"])
 
     try:
-        with gateway_process(kafka_bootstrap, prefix) as (process, base):
+        with gateway_process(
+            kafka_bootstrap, prefix, STRIPE_STREAMS_GATEWAY_WORKERS=str(workers)
+        ) as (process, base):
             senders = [threading.Thread(target=sender) for _ in range(16)]
             for thread in senders:
                 thread.start()
             while len(answered) < 300:
                 time.sleep(0.05)
+            # Any worker's /metrics counts the deliveries every worker accepted.
+            metrics_before_stop = [
+                _accepted(httpx.get(f"{base}/metrics", timeout=10).text)
+            ]
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
             stop.set()
@@ -419,7 +426,14 @@ def test_sigterm_under_load_loses_no_event_that_was_answered_200(
         written = {e.id for _, e in read_log(kafka_bootstrap, f"{prefix}.events")}
         assert len(answered) >= 300
         assert set(answered) <= written
+        assert metrics_before_stop[0] >= 300
     finally:
         stop.set()
         with suppress(Exception):
             asyncio.run(delete_topics(kafka_bootstrap, f"{prefix}."))
+
+
+def _accepted(metrics: str) -> float:
+    line = 'stripe_streams_webhooks_total{endpoint="default",outcome="accepted"} '
+    rows = [row for row in metrics.splitlines() if row.startswith(line)]
+    return sum(float(row.removeprefix(line)) for row in rows)

@@ -13,8 +13,8 @@ import pytest
 
 from ingest.gateway import Gateway
 from ingest.producer import LogUnavailable
-from ingest.server import build_gateway
 from ingest.signature import signature_header
+from ingest.workers import run_gateway
 from streams.errors import ConfigurationError
 from streams.settings import Secret, Settings
 
@@ -220,4 +220,6 @@ async def test_a_failed_start_is_reported_with_its_reason(log: GatedLog) -> None
 
 def test_the_gateway_refuses_to_start_without_a_default_secret() -> None:
     with pytest.raises(ConfigurationError, match="STRIPE_WEBHOOK_SECRETS is not set"):
-        build_gateway(Settings.from_env({"STRIPE_WEBHOOK_SECRETS_CONNECT": "whsec_c"}))
+        run_gateway(
+            Settings.from_env({"STRIPE_WEBHOOK_SECRETS_CONNECT": "whsec_c"}), "127.0.0.1", 0
+        )
