@@ -1,9 +1,10 @@
 """Throughput and latency of the ingest gateway against a bare aiokafka producer, same run.
 
-    .venv/bin/python bench/gateway.py [--duration 15] [--repeats 3] [--rate 3000]
+    .venv/bin/python bench/gateway.py [--workers 2] [--duration 15] [--repeats 3] [--rate 3000]
 
-Starts ``stripe-streams gateway`` on a free port against the broker of KAFKA_BOOTSTRAP_SERVERS
-(a fresh topic prefix per run), then alternates, ``--repeats`` times:
+Starts ``stripe-streams gateway`` with ``--workers`` processes on a free port against the broker
+of KAFKA_BOOTSTRAP_SERVERS (a fresh topic prefix per run; producer settings from the usual
+STRIPE_STREAMS_PRODUCER_* variables), then alternates, ``--repeats`` times:
 
 * bare: one aiokafka producer with the gateway's settings (acks=all, idempotent, same linger,
   batch size and compression) sends the very envelopes the gateway would write, 64 sends in
@@ -13,7 +14,9 @@ Starts ``stripe-streams gateway`` on a free port against the broker of KAFKA_BOO
 
 Then one open-loop run at ``--rate`` requests/s measures latency from each request's scheduled
 send time, so a stall counts against every request it delays. The machine is shared, so medians
-and the gateway/bare ratio matter more than any single figure.
+and the gateway/bare ratio matter more than any single figure; ``gw us/req`` (CPU the gateway's
+processes spent per answered request) and ``busy cores`` (how busy the whole machine was, out of
+its core count) tell a slow run caused by the gateway from one caused by a neighbour.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,6 +67,8 @@ class Run:
     failed: dict[int, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    gateway_cpu: float = 0.0
+    machine_busy: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -257,12 +262,52 @@ def start_gateway(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     raise SystemExit("gateway did not become ready within 60 s")
 
 
-def rss_mib(pid: int) -> tuple[float, float]:
-    """Current and peak resident memory of a process, MiB."""
-    fields = dict(
-        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-    )
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+@dataclass
+class Memory:
+    """Resident memory of a process and its children, MiB; shared pages count once in PSS."""
+
+    rss: float = 0.0
+    pss: float = 0.0
+
+    @classmethod
+    def of_tree(cls, pid: int) -> Memory:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+        fields = {line.split(":")[0]: int(line.split()[1]) / 1024 for line in rollup[1:]}
+        total = cls(fields["Rss"], fields["Pss"])
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            below = cls.of_tree(int(child))
+            total.rss += below.rss
+            total.pss += below.pss
+        return total
+
+    def peak(self, other: Memory) -> Memory:
+        return Memory(max(self.rss, other.rss), max(self.pss, other.pss))
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process and its living children have used."""
+    stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    used = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return used + sum(cpu_seconds(int(child)) for child in children)
+
+
+def busy_and_total_ticks() -> tuple[int, int]:
+    """Ticks the whole machine spent busy, and in all, since boot."""
+    ticks = [int(n) for n in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = ticks[3] + ticks[4]
+    return sum(ticks) - idle, sum(ticks)
+
+
+async def accounted(pid: int, load: Awaitable[Run]) -> Run:
+    """Run ``load`` and note the gateway's CPU and how busy the whole machine was meanwhile."""
+    cpu_before, (busy_before, total_before) = cpu_seconds(pid), busy_and_total_ticks()
+    run = await load
+    busy, total = busy_and_total_ticks()
+    run.gateway_cpu = cpu_seconds(pid) - cpu_before
+    run.machine_busy = os.cpu_count() or 1
+    run.machine_busy *= (busy - busy_before) / max(1, total - total_before)
+    return run
 
 
 def main() -> None:
@@ -271,19 +316,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rate", type=float, default=3000.0, help="open-loop requests/s")
+    parser.add_argument("--workers", type=int, default=2, help="gateway worker processes")
     parser.add_argument("--events", type=int, default=5000, help="distinct events to cycle")
     parser.add_argument("--fixtures", type=Path, default=FIXTURES)
     args = parser.parse_args()
 
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "STRIPE_WEBHOOK_SECRETS": SECRET.reveal(),
-           "STRIPE_STREAMS_TOPIC_PREFIX": prefix}
+           "STRIPE_STREAMS_TOPIC_PREFIX": prefix,
+           "STRIPE_STREAMS_GATEWAY_WORKERS": str(args.workers)}
     settings = Settings.from_env(env)
     bodies = stripe_events(args.events, args.fixtures)
     sizes = [len(b) for b in bodies]
-    print(f"{len(bodies)} events, {min(sizes)}-{max(sizes)} bytes "
-          f"(mean {statistics.mean(sizes):.0f}); broker {settings.kafka_bootstrap_servers}; "
-          f"linger {settings.producer_linger_ms} ms, batch {settings.producer_batch_bytes} B, "
+    print(f"{len(bodies)} events of {min(sizes)}-{max(sizes)} bytes "
+          f"(mean {statistics.mean(sizes):.0f}); {args.workers} gateway worker(s); "
+          f"broker {settings.kafka_bootstrap_servers}; linger {settings.producer_linger_ms} ms, "
+          f"batch {settings.producer_batch_bytes} B, "
           f"compression {settings.producer_compression or 'none'}")
     envelopes = [
         EventEnvelope.from_stripe_event(
@@ -298,30 +346,38 @@ def main() -> None:
         results = uvloop.run(_measure(args, settings, port, bodies, messages, gateway.pid))
     finally:
         gateway.terminate()
-        gateway.wait(timeout=30)
+        gateway.wait(timeout=60)
     _report(args, *results)
 
 
 async def _measure(
     args: argparse.Namespace, settings: Settings, port: int, bodies: list[bytes],
     messages: list[tuple[bytes, bytes]], pid: int,
-) -> tuple[list[Run], list[Run], Run, tuple[float, float]]:
+) -> tuple[list[Run], list[Run], Run, Memory]:
     requests = http_requests(bodies)
     await closed_loop(port, requests, args.concurrency, 3.0)  # warm-up
     await bare_producer(settings, messages, args.concurrency, 2.0)
-    bare_runs, gateway_runs = [], []
+    bare_runs, gateway_runs, memory = [], [], Memory()
     for _ in range(args.repeats):
-        bare_runs.append(await bare_producer(settings, messages, args.concurrency, args.duration))
-        gateway_runs.append(await closed_loop(port, requests, args.concurrency, args.duration))
-    paced = await open_loop(port, requests, args.concurrency, args.rate, args.duration)
-    return bare_runs, gateway_runs, paced, rss_mib(pid)
+        bare_runs.append(await accounted(
+            pid, bare_producer(settings, messages, args.concurrency, args.duration)
+        ))
+        gateway_runs.append(await accounted(
+            pid, closed_loop(port, requests, args.concurrency, args.duration)
+        ))
+        memory = memory.peak(Memory.of_tree(pid))
+    paced = await accounted(
+        pid, open_loop(port, requests, args.concurrency, args.rate, args.duration)
+    )
+    return bare_runs, gateway_runs, paced, memory.peak(Memory.of_tree(pid))
 
 
 def _report(
     args: argparse.Namespace, bare_runs: list[Run], gateway_runs: list[Run], paced: Run,
-    rss: tuple[float, float],
+    memory: Memory,
 ) -> None:
-    print(f"\n{'run':<28}{'ok/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}  errors")
+    print(f"\n{'run':<28}{'ok/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}"
+          f"{'gw us/req':>11}{'busy cores':>12}  errors")
     for name, runs in (("bare producer", bare_runs), ("gateway closed loop", gateway_runs)):
         for n, run in enumerate(runs, 1):
             _row(f"{name} #{n}", run)
@@ -330,12 +386,15 @@ def _report(
     served = statistics.median(r.rate for r in gateway_runs)
     print(f"\nmedian: gateway {served:.0f}/s, bare producer {bare:.0f}/s, "
           f"ratio {served / bare:.2f}")
-    print(f"gateway RSS {rss[0]:.0f} MiB now, {rss[1]:.0f} MiB peak")
+    print(f"gateway memory, all processes, at its highest sample: RSS {memory.rss:.0f} MiB, "
+          f"PSS {memory.pss:.0f} MiB")
 
 
 def _row(name: str, run: Run) -> None:
+    per_request = f"{run.gateway_cpu / run.ok * 1e6:.0f}" if run.gateway_cpu > 0.05 else "-"
     print(f"{name:<28}{run.rate:>9.0f}{run.percentile(0.5):>9.2f}{run.percentile(0.99):>9.2f}"
-          f"{run.percentile(0.999):>10.2f}  {run.failed or '-'}")
+          f"{run.percentile(0.999):>10.2f}{per_request:>11}{run.machine_busy:>12.2f}"
+          f"  {run.failed or '-'}")
 
 
 if __name__ == "__main__":
