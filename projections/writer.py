@@ -164,10 +164,14 @@ async def apply_batch(
     5. Only then may the caller let Kafka commit these offsets (ack the events).
 
     A crash before 4 leaves nothing behind; a crash between 4 and 5 makes Kafka redeliver events
-    that step 1 skips. Raises :class:`EventRejected` naming the event whose handler or rows
-    failed and :class:`BatchRejected` when PostgreSQL refuses data it cannot attribute; other
-    database errors pass through for the caller to classify. Nothing is committed when it
-    raises. ``conn`` must be idle (not inside a transaction).
+    that step 1 skips. The skip relies on one rule the agents keep: an offset is acknowledged
+    to Kafka only after it is committed here, so a consumer (re)starts at or below the stored
+    position plus one and never beyond an event that is not applied yet.
+
+    Raises :class:`EventRejected` naming the event whose handler or rows failed and
+    :class:`BatchRejected` when PostgreSQL refuses data it cannot attribute; other database
+    errors pass through for the caller to classify. Nothing is committed when it raises.
+    ``conn`` must be idle (not inside a transaction).
     """
     if not events:
         return []
@@ -198,8 +202,8 @@ async def record_dead_letter(
     In one transaction: the ``ops.dead_letters`` row (one per source coordinates, so recording
     the same message twice adds nothing), its ``ops.event_log`` record with status
     ``dead_lettered``, the stats and, for a ``projection``, the position past it. Writes nothing
-    when that position already covers the event (another worker recorded it first). The router,
-    which projects nothing, passes ``projection=None``.
+    when the message is recorded already or that position covers it (another worker recorded
+    it first). The router, which projects nothing, passes ``projection=None``.
     """
     async with conn.transaction():
         if projection is not None:
@@ -224,13 +228,14 @@ async def record_dead_letter(
                 "payload": Jsonb(_payload(event.envelope)),
             },
         )
-        inserted = await cursor.fetchone() is not None
+        if await cursor.fetchone() is None:
+            return False
         records: list[EventRecord] = [(event, Outcome.DEAD_LETTERED, 1)]
         await _record_events(conn, family, records, attempts=letter.attempts)
         await _count_stats(conn, family, records)
         if projection is not None:
             await _advance_positions(conn, projection, [event])
-    return inserted
+    return True
 
 
 async def count_open_dead_letters(conn: AsyncConnection[Any]) -> int:
