@@ -32,7 +32,7 @@ test: migrate lint
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
 demo: migrate
-	$(CLI) services status
+	$(BIN)/python -m streams.demo
 
 down:
 	$(CLI) services down
