@@ -139,9 +139,10 @@ class DeadLetterPolicy:
         for attempt in range(2, self._retry.max_attempts + 1):
             delay = self._retry.delay(attempt - 1)
             log.warning(
-                "%s: event %s at %s/%d/%d failed (%s); attempt %d of %d in %.1fs",
-                self.family, event.envelope.id, *event.coordinates, failure, attempt,
-                self._retry.max_attempts, delay,
+                "%s: event %s at %s/%d/%d failed: %s: %s; attempt %d of %d in %.1fs",
+                self.family, event.envelope.id, *event.coordinates,
+                type(failure.cause).__name__, failure.cause, attempt, self._retry.max_attempts,
+                delay,
             )
             await self._sleep(delay)
             try:

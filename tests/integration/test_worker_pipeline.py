@@ -1,0 +1,89 @@
+"""A real worker process between a real Kafka log and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from streams.envelope import EventEnvelope
+from streams.samples import EventFactory
+from streams.settings import Settings
+from tests.integration.test_projection_ordering import (
+    STORY,
+    apply_in_batches,
+    deliver,
+    empty_tables,
+    envelope_of,
+    mirror_snapshot,
+)
+from tests.integration.worker_support import (
+    WorkerProcess,
+    logged_events,
+    prepare_topics,
+    produce,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def thin_event() -> EventEnvelope:
+    return envelope_of(EventFactory(seed=3).thin_event())
+
+
+def test_the_log_reaches_the_mirrors_as_in_order_application_does(
+    settings: Settings, tmp_path: Path
+) -> None:
+    asyncio.run(apply_in_batches(settings.database_url, deliver(STORY)))
+    expected = mirror_snapshot(settings.database_url)
+    empty_tables(settings.database_url)
+    extra = thin_event()
+    prepare_topics(settings)
+    asyncio.run(produce(settings, [*STORY, extra]))
+
+    with WorkerProcess(settings, tmp_path) as worker:
+        wanted = {e.id for e in STORY} | {extra.id}
+        wait_until(lambda: logged_events(settings.database_url) >= wanted, 90,
+                   "every event in ops.event_log", [worker])
+        lag = f'stripe_streams_consumer_lag{{partition="0",topic="{settings.topic()}"}} 0.0'
+        wait_until(lambda: lag in worker.metrics(), 30, "the consumer lag", [worker])
+        metrics = worker.metrics()
+        assert worker.stop() == 0
+
+    assert mirror_snapshot(settings.database_url) == expected
+    with psycopg.connect(settings.database_url) as conn:
+        unknown = conn.execute(
+            "SELECT family, status, deliveries FROM ops.event_log WHERE event_id = %s", (extra.id,)
+        ).fetchone()
+        positions = conn.execute(
+            "SELECT count(*) FROM ops.projection_offsets WHERE topic LIKE %s",
+            (f"{settings.topic_prefix}.events.%",),
+        ).fetchone()
+    assert unknown == ("other", "unhandled", 1)
+    assert positions is not None and positions[0] > 0
+    created = sum(e.type == "customer.created" for e in STORY)
+    assert (
+        'stripe_streams_events_processed_total{family="customers",outcome="processed",'
+        f'type="customer.created"}} {created}.0'
+    ) in metrics
+    assert 'stripe_streams_events_processed_total{family="other",outcome="unhandled"' in metrics
+    for name in ("stripe_streams_event_lag_seconds_bucket{family=",
+                 "stripe_streams_batch_size_bucket{family=",
+                 "stripe_streams_dead_letters_open 0.0"):
+        assert name in metrics
+
+
+def test_events_appended_while_the_worker_runs_are_applied(
+    settings: Settings, tmp_path: Path
+) -> None:
+    prepare_topics(settings)
+    with WorkerProcess(settings, tmp_path) as worker:
+        asyncio.run(produce(settings, STORY[:20]))
+        wait_until(lambda: len(logged_events(settings.database_url)) == 20, 90,
+                   "the first events", [worker])
+        asyncio.run(produce(settings, STORY[20:]))
+        wait_until(lambda: len(logged_events(settings.database_url)) == len(STORY), 90,
+                   "the later events", [worker])
