@@ -9,6 +9,7 @@ with ``Retry-After`` when the log is unavailable and a later delivery will work.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import json
 import logging
@@ -217,6 +218,8 @@ class Gateway:
                     self.startup_failure = str(exc)
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                # Start-up objects live as long as the process: full collections skip them.
+                gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self._stop is not None:

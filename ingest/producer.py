@@ -50,6 +50,7 @@ class EventLog:
         self._settings = settings
         self._timeout = settings.produce_timeout
         self._producer: AIOKafkaProducer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         """Create the topic if it is missing and connect; raise when Kafka cannot be reached."""
@@ -76,7 +77,7 @@ class EventLog:
             raise LogUnavailable(
                 f"Kafka at {settings.kafka_bootstrap_servers} is unreachable: {exc!r}"
             ) from exc
-        self._producer = producer
+        self._producer, self._loop = producer, asyncio.get_running_loop()
 
     async def stop(self) -> None:
         """Deliver every event still buffered, then disconnect."""
@@ -85,17 +86,23 @@ class EventLog:
             self._producer = None
 
     async def append(self, key: bytes, message: bytes) -> None:
-        """Append one encoded envelope and wait for Kafka's acknowledgement, at most the timeout."""
-        if self._producer is None:
+        """Append one encoded envelope and wait for Kafka's acknowledgement, at most the timeout.
+
+        Queueing the event waits at most the producer's request timeout, which is the produce
+        timeout; the acknowledgement is awaited until the deadline by a timer on the loop
+        captured at start, as ``asyncio.timeout`` costs a getpid() call per use on Python 3.11.
+        """
+        producer, loop = self._producer, self._loop
+        if producer is None or loop is None:
             raise LogUnavailable("the producer is not running")
+        deadline = loop.time() + self._timeout
         try:
-            async with asyncio.timeout(self._timeout):
-                delivery = await self._producer.send(self.topic, message, key=key)
-                await delivery
-        except TimeoutError:
-            raise LogUnavailable(
-                f"Kafka did not acknowledge within {self._timeout:g} s"
-            ) from None
+            delivery = await producer.send(self.topic, message, key=key)
+            if not delivery.done():
+                await _until_done(loop, delivery, deadline)
+            if not delivery.done():
+                raise LogUnavailable(f"Kafka did not acknowledge within {self._timeout:g} s")
+            delivery.result()
         except MessageSizeTooLargeError as exc:
             raise EventTooLarge(f"Kafka refuses an event of {len(message)} bytes") from exc
         except KafkaError as exc:
@@ -112,3 +119,22 @@ class EventLog:
             log.warning("Kafka is not reachable: %r", exc)
             return False
         return True
+
+
+async def _until_done(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[object], deadline: float
+) -> None:
+    """Wait until ``future`` is done or the loop's clock reaches ``deadline``."""
+    waiter = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    future.add_done_callback(wake)
+    timer = loop.call_at(deadline, wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        future.remove_done_callback(wake)
