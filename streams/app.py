@@ -55,6 +55,9 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         # The broker commits only what agents acknowledged; committing often shortens the
         # redelivery after a crash (the skipped events), nothing else depends on it.
         broker_commit_interval=1.0,
+        # A worker that died (SIGKILL, lost host) hands its partitions over within seconds.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
     )
     runtime = WorkerRuntime(settings)
     app.add_dependency(runtime)
