@@ -30,11 +30,17 @@ def worker_topics(settings: Settings) -> list[str]:
     ]
 
 
-def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
+def create_app(
+    settings: Settings,
+    *,
+    web_port: int | None = None,
+    runtime: WorkerRuntime | None = None,
+) -> faust.App:
     """Return the worker's Faust app with the router and every family agent registered.
 
     The app id (and Kafka consumer group) is ``settings.group_id``; the web server on
     ``web_port`` (default ``settings.worker_web_port``) serves the metrics at ``/metrics``.
+    ``runtime`` replaces the PostgreSQL pool and Kafka producer the agents use (unit tests).
     """
     app = faust.App(
         settings.group_id,
@@ -59,14 +65,14 @@ def create_app(settings: Settings, *, web_port: int | None = None) -> faust.App:
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
     )
-    runtime = WorkerRuntime(settings)
+    runtime = runtime or WorkerRuntime(settings)
     app.add_dependency(runtime)
     register_agents(app, settings, runtime)
 
+    metrics = runtime.metrics
+
     @app.page("/metrics")
-    async def metrics(view: faust.web.View, request: Any) -> Any:
-        return view.bytes(
-            runtime.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+    async def exposition(view: faust.web.View, request: Any) -> Any:
+        return view.bytes(metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     return app

@@ -1,0 +1,176 @@
+"""The agents without Kafka or PostgreSQL, through Faust's ``agent.test_context()``.
+
+A fake runtime stands in for the producer and the database: it records what the router forwards
+and what the family agents apply, and can make applying fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Sequence
+from typing import cast
+
+import faust
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from projections.writer import AppliedEvent, ConsumedEvent, Outcome
+from streams.agents import WorkerRuntime
+from streams.app import create_app
+from streams.codec import DeadLetter, encode_event
+from streams.dead_letters import DeadLetterPolicy, RetryPolicy
+from streams.envelope import EventEnvelope, EventSource
+from streams.samples import EventFactory
+from streams.settings import Settings
+
+SETTINGS = Settings.from_env(
+    {"STRIPE_STREAMS_TOPIC_PREFIX": "unit", "STRIPE_STREAMS_BATCH_TIMEOUT_MS": "10"}
+)
+
+
+class RecordingProducer:
+    """Accepts every message at once and remembers it."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes]] = []
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None
+    ) -> asyncio.Future[None]:
+        self.sent.append((topic, key, value))
+        acknowledged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        acknowledged.set_result(None)
+        return acknowledged
+
+
+class FakeRuntime(WorkerRuntime):
+    """The runtime with the producer and PostgreSQL replaced by in-memory records."""
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        super().__init__(SETTINGS)
+        self.recording = RecordingProducer()
+        self._producer = cast(AIOKafkaProducer, self.recording)
+        self.applied: list[tuple[str, ConsumedEvent]] = []
+        self.letters: list[DeadLetter] = []
+        self.fail = fail
+
+    async def ready(self) -> None:
+        return None
+
+    async def on_stop(self) -> None:
+        return None
+
+    def policy(self, family: str, *, projection: str | None) -> DeadLetterPolicy:
+        async def apply(events: Sequence[ConsumedEvent], attempts: int) -> list[AppliedEvent]:
+            if self.fail is not None:
+                raise self.fail
+            self.applied.extend((family, event) for event in events)
+            return [AppliedEvent(event, Outcome.PROCESSED) for event in events]
+
+        async def publish(letter: DeadLetter) -> None:
+            self.letters.append(letter)
+
+        async def record(event: ConsumedEvent, letter: DeadLetter) -> bool:
+            return True
+
+        return DeadLetterPolicy(
+            family, apply=apply, publish=publish, record=record,
+            handler_of=lambda event_type: "test", retry=RetryPolicy(max_attempts=1),
+        )
+
+
+def envelope(event_type: str) -> EventEnvelope:
+    factory = EventFactory(seed=1)
+    if event_type.startswith("radar."):
+        event = factory.event(event_type, {"id": "issfr_1", "object": "radar.early_fraud_warning"})
+    else:
+        event = factory.sample_event(event_type)
+    return EventEnvelope.from_event_dict(
+        event, payload=json.dumps(event), endpoint="default", source=EventSource.WEBHOOK
+    )
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Give the agent up to five seconds to make ``condition`` hold."""
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never held")
+
+
+def app_with(runtime: FakeRuntime) -> faust.App:
+    return create_app(SETTINGS, web_port=1, runtime=runtime)
+
+
+async def test_the_router_forwards_each_message_unchanged_to_its_family_topic() -> None:
+    runtime = FakeRuntime()
+    router = app_with(runtime).agents["router"]
+    messages = [envelope(t) for t in ("customer.created", "invoice.paid",
+                                      "radar.early_fraud_warning.created")]
+
+    async with router.test_context() as agent:
+        delivered = [await agent.put(value=encode_event(m), key=m.key, wait=False)
+                     for m in messages]
+        await until(lambda: len(runtime.recording.sent) == 3)
+        await until(lambda: all(d.message.acked for d in delivered))
+
+    assert runtime.recording.sent == [
+        ("unit.events.customers", messages[0].key, encode_event(messages[0])),
+        ("unit.events.invoices", messages[1].key, encode_event(messages[1])),
+        ("unit.events.other", messages[2].key, encode_event(messages[2])),
+    ]
+
+
+async def test_the_router_dead_letters_a_message_that_is_not_an_envelope() -> None:
+    runtime = FakeRuntime()
+    router = app_with(runtime).agents["router"]
+    good = envelope("customer.created")
+
+    async with router.test_context() as agent:
+        await agent.put(value=b"\x00garbage", key=b"cus_x", wait=False)
+        await agent.put(value=encode_event(good), key=good.key, wait=False)
+        await until(lambda: len(runtime.recording.sent) == 1 and len(runtime.letters) == 1)
+
+    [letter] = runtime.letters
+    assert letter.error_type == "CodecError"
+    assert (letter.source_topic, letter.source_offset) == ("unit.events", 0)
+    assert [topic for topic, _, _ in runtime.recording.sent] == ["unit.events.customers"]
+
+
+async def test_a_family_agent_applies_batches_with_their_coordinates_then_acks_them() -> None:
+    runtime = FakeRuntime()
+    projector = app_with(runtime).agents["project_customers"]
+    messages = [envelope("customer.created"), envelope("customer.updated")]
+
+    async with projector.test_context() as agent:
+        delivered = [await agent.put(value=encode_event(m), key=m.key, wait=False)
+                     for m in messages]
+        await until(lambda: len(runtime.applied) == 2)
+        await until(lambda: all(d.message.acked for d in delivered))
+
+    assert [(family, e.envelope, e.topic, e.offset) for family, e in runtime.applied] == [
+        ("customers", messages[0], "unit.events.customers", 0),
+        ("customers", messages[1], "unit.events.customers", 1),
+    ]
+    exposition = runtime.metrics.exposition().decode()
+    assert ('stripe_streams_events_processed_total{family="customers",outcome="processed",'
+            'type="customer.updated"} 1.0') in exposition
+
+
+@pytest.mark.filterwarnings("ignore")
+async def test_an_error_that_settles_nothing_leaves_the_batch_unacknowledged() -> None:
+    runtime = FakeRuntime(fail=RuntimeError("relation stripe.customers does not exist"))
+    app = app_with(runtime)
+    projector = app.agents["project_customers"]
+    message = envelope("customer.created")
+
+    async with projector.test_context() as agent:
+        delivered = await agent.put(value=encode_event(message), key=message.key, wait=False)
+        await until(lambda: app.crash_reason is not None)
+        assert not delivered.message.acked
+
+    assert runtime.applied == []
+    assert isinstance(app.crash_reason, RuntimeError)
+    assert runtime.recording.sent == []
