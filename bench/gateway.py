@@ -26,16 +26,19 @@ import asyncio
 import copy
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import uvloop
 from aiokafka import AIOKafkaProducer
@@ -69,6 +72,7 @@ class Run:
     seconds: float = 0.0
     gateway_cpu: float = 0.0
     machine_busy: float = 0.0
+    gateway_side: tuple[float, float] | None = None
 
     @property
     def rate(self) -> float:
@@ -119,18 +123,51 @@ def http_requests(bodies: Sequence[bytes], path: str = "/webhooks/stripe") -> li
     return requests
 
 
-async def _exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> int:
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head[9:12])
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:])
-    await reader.readexactly(length)
-    return status
+class Connection(asyncio.Protocol):
+    """One keep-alive client connection with one request in flight; lean, to leave the CPU to
+    the gateway and the broker that share the machine with it."""
+
+    def __init__(self) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._answer: asyncio.Future[int] | None = None
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        loop = asyncio.get_running_loop()
+        _, connection = await loop.create_connection(cls, "127.0.0.1", port)
+        return connection
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        end = self._buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self._buffer[:end]).lower()
+        length = int(head.partition(b"content-length:")[2].split(b"\r\n")[0] or 0)
+        if len(self._buffer) < end + 4 + length:
+            return
+        del self._buffer[: end + 4 + length]
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_result(int(head[9:12]))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_exception(ConnectionError("the gateway closed the connection"))
+
+    async def exchange(self, request: bytes) -> int:
+        """Send one request and return the status of its answer."""
+        assert self._transport is not None
+        self._answer = asyncio.get_running_loop().create_future()
+        self._transport.write(request)
+        return await self._answer
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
 
 
 async def closed_loop(
@@ -142,15 +179,15 @@ async def closed_loop(
     counter = iter(range(10**12))
 
     async def connection() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = await Connection.open(port)
         try:
             while time.perf_counter() < deadline:
                 request = requests[next(counter) % len(requests)]
                 started = time.perf_counter()
-                status = await _exchange(reader, writer, request)
+                status = await client.exchange(request)
                 _record(run, status, time.perf_counter() - started)
         finally:
-            writer.close()
+            client.close()
 
     started = time.perf_counter()
     await asyncio.gather(*(connection() for _ in range(concurrency)))
@@ -169,17 +206,17 @@ async def open_loop(
     counter = iter(range(total))
 
     async def connection() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = await Connection.open(port)
         try:
             for n in counter:
                 scheduled = start + n / rate
                 delay = scheduled - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-                status = await _exchange(reader, writer, requests[n % len(requests)])
+                status = await client.exchange(requests[n % len(requests)])
                 _record(run, status, time.perf_counter() - scheduled)
         finally:
-            writer.close()
+            client.close()
 
     await asyncio.gather(*(connection() for _ in range(concurrency)))
     run.seconds = duration
@@ -284,6 +321,23 @@ class Memory:
         return Memory(max(self.rss, other.rss), max(self.pss, other.pss))
 
 
+def ingest_buckets(port: int) -> dict[float, float]:
+    """Cumulative counts of the gateway's stripe_streams_ingest_seconds, by upper bound."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    found = re.findall(r'stripe_streams_ingest_seconds_bucket\{le="([^"]+)"\} (\S+)', text)
+    return {float(bound): float(count) for bound, count in found}
+
+
+def bucket_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """Upper bound, ms, of the bucket holding quantile ``q`` of what was observed in between."""
+    total = after[float("inf")] - before.get(float("inf"), 0.0)
+    for bound in sorted(after):
+        if after[bound] - before.get(bound, 0.0) >= q * total:
+            return bound * 1000
+    return float("inf")
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time a process and its living children have used."""
     stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -366,9 +420,12 @@ async def _measure(
             pid, closed_loop(port, requests, args.concurrency, args.duration)
         ))
         memory = memory.peak(Memory.of_tree(pid))
+    before = ingest_buckets(port)
     paced = await accounted(
         pid, open_loop(port, requests, args.concurrency, args.rate, args.duration)
     )
+    after = ingest_buckets(port)
+    paced.gateway_side = (bucket_quantile(before, after, 0.5), bucket_quantile(before, after, 0.99))
     return bare_runs, gateway_runs, paced, memory.peak(Memory.of_tree(pid))
 
 
@@ -382,6 +439,10 @@ def _report(
         for n, run in enumerate(runs, 1):
             _row(f"{name} #{n}", run)
     _row(f"gateway paced {args.rate:.0f}/s", paced)
+    if paced.gateway_side is not None:
+        p50, p99 = paced.gateway_side
+        print(f"{'  seen by the gateway':<28}{'':>9}{f'<={p50:g}':>9}{f'<={p99:g}':>9}"
+              "   (stripe_streams_ingest_seconds buckets: request received to Kafka ack)")
     bare = statistics.median(r.rate for r in bare_runs)
     served = statistics.median(r.rate for r in gateway_runs)
     print(f"\nmedian: gateway {served:.0f}/s, bare producer {bare:.0f}/s, "
