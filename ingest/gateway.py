@@ -9,6 +9,7 @@ with ``Retry-After`` when the log is unavailable and a later delivery will work.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import ipaddress
 import json
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 
 WEBHOOK_PATH = "/webhooks/stripe"
 MAX_BODY_BYTES = 1024 * 1024
+# Stripe sends a body at once; one still arriving after this long is not worth a slot.
+BODY_SECONDS = 10.0
 
 Message = MutableMapping[str, Any]
 Scope = MutableMapping[str, Any]
@@ -46,6 +49,10 @@ _JSON = (b"content-type", b"application/json")
 
 class _Disconnected(Exception):
     """The client went away before its body arrived; there is no one to answer."""
+
+
+class _SlowBody(Exception):
+    """The body trickles in too slowly; waiting would hold a slot for a sender Stripe is not."""
 
 
 @dataclass(eq=False, slots=True)
@@ -147,6 +154,11 @@ class Gateway:
             await self._ingest(endpoint, body, signature, received, send)
         except _Disconnected:
             return
+        except _SlowBody:
+            await _answer(
+                send, 408, {"error": f"body not received within {BODY_SECONDS:g} s"},
+                [(b"connection", b"close")],
+            )
         finally:
             endpoint.in_flight -= 1
 
@@ -271,20 +283,35 @@ def _prepare(body: bytes, endpoint: str) -> _PreparedEvent:
 
 
 async def _read_body(receive: Receive) -> bytes | None:
-    """Read the request body; None as soon as it exceeds the limit (the rest stays unread)."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
+    """Read the request body; None as soon as it exceeds the limit (the rest stays unread).
+
+    A body that comes in several pieces must be complete within BODY_SECONDS, or _SlowBody.
+    """
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise _Disconnected
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body if len(body) <= MAX_BODY_BYTES else None
+    try:
+        async with asyncio.timeout(BODY_SECONDS):
+            return await _read_rest(receive, [body])
+    except TimeoutError:
+        raise _SlowBody from None
+
+
+async def _read_rest(receive: Receive, chunks: list[bytes]) -> bytes | None:
+    size = sum(len(chunk) for chunk in chunks)
+    while size <= MAX_BODY_BYTES:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise _Disconnected
         chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return None
-        if not message.get("more_body", False):
-            return chunk if not chunks else b"".join([*chunks, chunk])
         chunks.append(chunk)
+        size += len(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks) if size <= MAX_BODY_BYTES else None
+    return None
 
 
 async def _answer(

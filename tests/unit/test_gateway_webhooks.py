@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ingest import gateway as gateway_module
 from ingest.gateway import MAX_BODY_BYTES, Gateway
 from ingest.producer import LogUnavailable
 from ingest.signature import signature_header
@@ -267,6 +268,29 @@ async def test_a_streamed_body_is_cut_off_as_soon_as_it_passes_1_mib(
     assert response.status_code == 413
     assert log.appended == []
     assert chunks_sent < 4096
+
+
+async def test_a_body_that_trickles_in_is_given_up_with_408_and_writes_nothing(
+    gateway: Gateway, log: MemoryLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gateway_module, "BODY_SECONDS", 0.05)
+    sent: list[MutableMapping[str, Any]] = []
+    pieces = iter([{"type": "http.request", "body": b'{"id": ', "more_body": True}])
+
+    async def receive() -> dict[str, Any]:
+        for piece in pieces:
+            return piece
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/webhooks/stripe", "headers": []}
+    await gateway(scope, receive, send)
+    assert sent[0]["status"] == 408
+    assert (b"connection", b"close") in sent[0]["headers"]
+    assert log.appended == []
 
 
 async def test_a_body_of_exactly_1_mib_is_read_and_judged(client: httpx.AsyncClient) -> None:
