@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from ingest import gateway as gateway_module
 from ingest.gateway import MAX_BODY_BYTES, Gateway
-from ingest.producer import LogUnavailable
+from ingest.producer import EventTooLarge, LogUnavailable
 from ingest.signature import signature_header
 from streams.codec import decode_event
 from streams.envelope import EventEnvelope, EventSource
@@ -38,10 +38,13 @@ class MemoryLog:
     def __init__(self) -> None:
         self.appended: list[tuple[bytes, bytes]] = []
         self.unavailable = False
+        self.largest = 2 * MAX_BODY_BYTES
 
     async def append(self, key: bytes, message: bytes) -> None:
         if self.unavailable:
             raise LogUnavailable("Kafka did not acknowledge within 5 s")
+        if len(message) > self.largest:
+            raise EventTooLarge(f"Kafka refuses an event of {len(message)} bytes")
         self.appended.append((key, message))
 
     async def reachable(self) -> bool:
@@ -313,6 +316,17 @@ async def test_when_the_log_is_unavailable_the_answer_is_503_with_retry_after(
     log.unavailable = False
     again = await client.post("/webhooks/stripe", content=body, headers=signed(body))
     assert again.status_code == 200
+
+
+async def test_an_event_kafka_refuses_for_its_size_is_413_not_a_5xx(
+    client: httpx.AsyncClient, log: MemoryLog, gateway: Gateway
+) -> None:
+    log.largest = 2000
+    body = stripe_event(padding="x" * 3000)
+    response = await client.post("/webhooks/stripe", content=body, headers=signed(body))
+    assert response.status_code == 413
+    assert "Kafka refuses an event" in response.json()["error"]
+    assert outcome_count(gateway, "default", "too_large") == 1
 
 
 async def test_neither_secrets_nor_bodies_reach_the_logs_or_the_answers(
