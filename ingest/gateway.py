@@ -67,21 +67,22 @@ class Endpoint:
 class Gateway:
     """The ASGI application: webhook endpoints, ``/healthz``, ``/readyz`` and ``/metrics``.
 
-    ``start`` runs at the ASGI lifespan start-up; ``stop`` runs at the lifespan shutdown, after
-    the server has finished every in-flight request, and flushes what the log still buffers.
-    ``metrics_dir`` is the directory worker processes share their metrics through, if several.
+    Verified events go to ``event_log``. ``start`` runs at the ASGI lifespan start-up;
+    ``stop`` runs at the lifespan shutdown, after the server has finished every in-flight
+    request, and flushes what the log still buffers. ``metrics_dir`` is the directory worker
+    processes share their metrics through, if several.
     """
 
     def __init__(
         self,
         settings: Settings,
-        log: EventAppender,
+        event_log: EventAppender,
         *,
         start: Callable[[], Awaitable[None]] | None = None,
         stop: Callable[[], Awaitable[None]] | None = None,
         metrics_dir: Path | None = None,
     ) -> None:
-        self._log = log
+        self._log = event_log
         self._start, self._stop = start, stop
         self._tolerance = settings.webhook_tolerance
         self._endpoints = _endpoints(settings.webhook_secrets)
