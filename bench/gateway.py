@@ -31,6 +31,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -278,15 +279,18 @@ def free_port() -> int:
 
 def start_gateway(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     """Start ``stripe-streams gateway`` and return once it answers /readyz."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "gateway", "--host", "127.0.0.1",
-         "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+    # A file, not a pipe nobody reads: a full pipe would stall the gateway's logging.
+    log_file = Path(tempfile.gettempdir()) / f"stripe-streams-bench-gateway-{port}.log"
+    with log_file.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "gateway", "--host", "127.0.0.1",
+             "--port", str(port)],
+            env=env, stdout=subprocess.DEVNULL, stderr=log,
+        )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"gateway exited: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            raise SystemExit(f"gateway exited: {log_file.read_text()[-2000:]}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
                 sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -13,12 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -60,33 +61,33 @@ def gateway_process(
         "STRIPE_WEBHOOK_SECRETS_CONNECT": CONNECT.reveal(),
         **env,
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "gateway", "--host", "127.0.0.1",
-         "--port", str(port)],
-        env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(process, base)
-        yield process, base
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        assert process.stderr is not None
-        process.stderr.close()
+    # A file, not a pipe nobody reads: a full pipe would stall the gateway's logging.
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "gateway", "--host", "127.0.0.1",
+             "--port", str(port)],
+            env=environment, stdout=subprocess.DEVNULL, stderr=log,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            _wait_ready(process, base, log)
+            yield process, base
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
 
 
-def _wait_ready(process: subprocess.Popen[bytes], base: str) -> None:
+def _wait_ready(process: subprocess.Popen[bytes], base: str, log: IO[bytes]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            assert process.stderr is not None
-            raise AssertionError(f"gateway exited: {process.stderr.read().decode()[-3000:]}")
+            log.seek(0)
+            raise AssertionError(f"gateway exited: {log.read().decode()[-3000:]}")
         with suppress(httpx.HTTPError):
             if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
                 return
