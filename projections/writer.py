@@ -9,16 +9,17 @@ database says exactly which events it already holds, whatever Kafka's committed 
 from __future__ import annotations
 
 import json
-import weakref
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import cache
 from typing import Any
 
+import orjson
 import psycopg
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection, AsyncCursor, sql
 from psycopg.types.json import Jsonb
 
 from projections.database import queries
@@ -32,14 +33,9 @@ COMMON_COLUMNS = (
     "id", "data", "deleted", "livemode", "account",
     "last_event_id", "last_event_created", "last_event_offset",
 )
-_TEXT_OID = 25
 # Column types per mirror table, read once from the catalog (the schema only changes by
 # migration, and a worker is restarted after one).
-_column_types_cache: dict[str, dict[str, int]] = {}
-# Temporary staging tables live as long as their session; remember which sessions have them.
-_staged: weakref.WeakKeyDictionary[AsyncConnection[Any], frozenset[str]] = (
-    weakref.WeakKeyDictionary()
-)
+_column_types_cache: dict[str, dict[str, str]] = {}
 
 
 class Outcome(StrEnum):
@@ -179,9 +175,10 @@ async def apply_batch(
         name: await _column_types(conn, name, table.columns)
         for name, table in registry.tables.items()
     }
-    await _create_stages(conn, columns)
     try:
-        async with conn.transaction():
+        # Pipeline mode sends statements without waiting for each answer: a batch costs three
+        # round trips (positions and log, upserts, the rest with the commit).
+        async with conn.pipeline(), conn.transaction():
             return await _apply(
                 conn, family, projection or family, events, registry, columns, attempts
             )
@@ -207,8 +204,9 @@ async def record_dead_letter(
     """
     async with conn.transaction():
         if projection is not None:
-            positions = await _lock_positions(conn, projection, [event])
-            if event.offset <= positions[(event.topic, event.partition)]:
+            locking = await _lock_positions(conn, projection, [event])
+            [(_, _, stored)] = await locking.fetchall()
+            if event.offset <= stored:
                 return False
         cursor = await conn.execute(
             queries("writer")["record_dead_letter"],
@@ -252,16 +250,26 @@ async def _apply(
     projection: str,
     events: Sequence[ConsumedEvent],
     registry: HandlerRegistry,
-    columns: Mapping[str, Mapping[str, int]],
+    columns: Mapping[str, Mapping[str, str]],
     attempts: int,
 ) -> list[AppliedEvent]:
-    positions = await _lock_positions(conn, projection, events)
+    locking = await _lock_positions(conn, projection, events)
+    looking_up = await conn.execute(
+        queries("writer")["logged_events"], {"event_ids": [e.envelope.id for e in events]}
+    )
+    positions = {(str(t), int(p)): int(o) for t, p, o in await locking.fetchall()}
+    logged = {str(event_id): str(status) for event_id, status in await looking_up.fetchall()}
     fresh = [e for e in events if e.offset > positions[(e.topic, e.partition)]]
-    logged = await _logged_statuses(conn, [e.envelope.id for e in fresh])
     plan = BatchPlan(fresh, logged, registry)
-    prior: dict[tuple[str, str], tuple[int, int]] = {}
-    for table, rows in plan.newest_rows().items():
-        prior.update(await _upsert_rows(conn, table, columns[table], rows))
+    upserts = [
+        await _upsert_rows(conn, table, columns[table], rows)
+        for table, rows in plan.newest_rows().items()
+    ]
+    prior = {
+        (table, str(row_id)): (int(created), int(offset))
+        for table, upserting in upserts
+        for row_id, created, offset in await upserting.fetchall()
+    }
     records = plan.settle(prior)
     await _mark_removed_children(conn, plan.candidates)
     await _record_events(conn, family, [*records, *plan.duplicates], attempts=attempts)
@@ -349,7 +357,7 @@ def _project(event: ConsumedEvent, registry: HandlerRegistry, deliveries: int) -
     if registered is None:
         return _Candidate(event, None, deliveries)
     try:
-        projection = registered.handle(event.envelope.event())
+        projection = registered.handle(orjson.loads(event.envelope.payload))
     except Exception as exc:
         raise EventRejected(event, registered.name, exc) from exc
     row_ids = {row.id for row in projection.rows}
@@ -366,37 +374,37 @@ def _project(event: ConsumedEvent, registry: HandlerRegistry, deliveries: int) -
 async def _upsert_rows(
     conn: AsyncConnection[Any],
     table: str,
-    columns: Mapping[str, int],
+    columns: Mapping[str, str],
     rows: Sequence[tuple[MirrorRow, ConsumedEvent]],
-) -> dict[tuple[str, str], tuple[int, int]]:
-    """COPY rows into the table's staging table, upsert the newer ones; return prior versions."""
-    q = queries("writer")
+) -> tuple[str, AsyncCursor[Any]]:
+    """Send the upsert of the rows newer than the table's; its result is their prior versions."""
     names = list(columns)
-    target = sql.Identifier(MIRROR_SCHEMA, table)
-    stage = _stage_name(table)
-    column_list = sql.SQL(", ").join(map(sql.Identifier, names))
-    copy = sql.SQL("COPY {stage} ({columns}) FROM STDIN").format(stage=stage, columns=column_list)
-    async with conn.cursor() as cursor:
-        async with cursor.copy(copy) as loading:
-            loading.set_types(list(columns.values()))
-            for row, event in rows:
-                try:
-                    await loading.write_row(_staged_row(row, event, names))
-                except (TypeError, ValueError, psycopg.DataError) as exc:
-                    raise EventRejected(event, f"{MIRROR_SCHEMA}.{table}", exc) from exc
-        assignments = sql.SQL(", ").join(
-            sql.SQL("{name} = excluded.{name}").format(name=sql.Identifier(name))
-            for name in names
-            if name != "id"
-        )
-        upsert = sql.SQL(q["upsert_mirror"]).format(
-            table=target, stage=stage, columns=column_list, assignments=assignments
-        )
-        await cursor.execute(upsert)
-        return {
-            (table, str(row_id)): (int(created), int(offset))
-            for row_id, created, offset in await cursor.fetchall()
-        }
+    staged = [_staged_row(row, event, names) for row, event in rows]
+    params = [[values[i] for values in staged] for i in range(len(names))]
+    return table, await conn.execute(_upsert_statement(table, columns), params)
+
+
+@cache
+def _upsert_statement_of(table: str, columns: tuple[tuple[str, str], ...]) -> bytes:
+    """The upsert of one mirror table, rendered once: composing it costs more than running it."""
+    names = [name for name, _ in columns]
+    # Column types come from the catalog, so they are valid SQL type names.
+    arrays = [sql.SQL("%b::{}[]").format(sql.SQL(sql_type)) for _, sql_type in columns]
+    assignments = [
+        sql.SQL("{name} = excluded.{name}").format(name=sql.Identifier(name))
+        for name in names
+        if name != "id"
+    ]
+    return sql.SQL(queries("writer")["upsert_mirror"]).format(
+        table=sql.Identifier(MIRROR_SCHEMA, table),
+        columns=sql.SQL(", ").join(map(sql.Identifier, names)),
+        arrays=sql.SQL(", ").join(arrays),
+        assignments=sql.SQL(", ").join(assignments),
+    ).as_bytes()
+
+
+def _upsert_statement(table: str, columns: Mapping[str, str]) -> bytes:
+    return _upsert_statement_of(table, tuple(columns.items()))
 
 
 def _staged_row(row: MirrorRow, event: ConsumedEvent, names: Sequence[str]) -> list[Any]:
@@ -411,7 +419,8 @@ def _staged_row(row: MirrorRow, event: ConsumedEvent, names: Sequence[str]) -> l
         "last_event_created": datetime.fromtimestamp(envelope.created, UTC),
         "last_event_offset": event.offset,
     }
-    return [common[name] if name in common else row.columns.get(name) for name in names]
+    values = [common[name] if name in common else row.columns.get(name) for name in names]
+    return [Jsonb(v, dumps=orjson.dumps) if isinstance(v, Mapping | list) else v for v in values]
 
 
 async def _mark_removed_children(
@@ -430,13 +439,8 @@ async def _mark_removed_children(
     if not newest:
         return
     event_ids = [c.event.envelope.id for c in candidates]
-    template = queries("writer")["mark_removed_children"]
     for (child, parent_column, parent), versions in newest.items():
-        statement = sql.SQL(template).format(
-            child=sql.Identifier(MIRROR_SCHEMA, child),
-            parent=sql.Identifier(MIRROR_SCHEMA, parent),
-            parent_column=sql.Identifier(parent_column),
-        )
+        statement = _removal_statement(child, parent_column, parent)
         parents = sorted(versions)
         await conn.execute(
             statement,
@@ -449,11 +453,21 @@ async def _mark_removed_children(
         )
 
 
+@cache
+def _removal_statement(child: str, parent_column: str, parent: str) -> bytes:
+    return sql.SQL(queries("writer")["mark_removed_children"]).format(
+        child=sql.Identifier(MIRROR_SCHEMA, child),
+        parent=sql.Identifier(MIRROR_SCHEMA, parent),
+        parent_column=sql.Identifier(parent_column),
+    ).as_bytes()
+
+
 async def _lock_positions(
     conn: AsyncConnection[Any], projection: str, events: Iterable[ConsumedEvent]
-) -> dict[tuple[str, int], int]:
+) -> AsyncCursor[Any]:
+    """Send the locking of the positions; its result is (topic, partition, offset) rows."""
     partitions = sorted({(e.topic, e.partition) for e in events})
-    cursor = await conn.execute(
+    return await conn.execute(
         queries("writer")["lock_positions"],
         {
             "projection": projection,
@@ -461,7 +475,6 @@ async def _lock_positions(
             "partitions": [partition for _, partition in partitions],
         },
     )
-    return {(str(topic), int(part)): int(off) for topic, part, off in await cursor.fetchall()}
 
 
 async def _advance_positions(
@@ -482,13 +495,6 @@ async def _advance_positions(
             "offsets": list(newest.values()),
         },
     )
-
-
-async def _logged_statuses(conn: AsyncConnection[Any], event_ids: list[str]) -> dict[str, str]:
-    if not event_ids:
-        return {}
-    cursor = await conn.execute(queries("writer")["logged_events"], {"event_ids": event_ids})
-    return {str(event_id): str(status) for event_id, status in await cursor.fetchall()}
 
 
 async def _record_events(
@@ -537,50 +543,24 @@ async def _count_stats(
 
 async def _column_types(
     conn: AsyncConnection[Any], table: str, typed: Sequence[str]
-) -> dict[str, int]:
-    """Return the staged columns of a mirror table and the type each is sent as."""
+) -> dict[str, str]:
+    """Return the written columns of a mirror table, each with its SQL type."""
     known = _column_types_cache.get(table)
     if known is None:
         async with conn.transaction():
             cursor = await conn.execute(
                 queries("writer")["column_types"], {"table": f"{MIRROR_SCHEMA}.{table}"}
             )
-            catalog = {str(name): int(oid) for name, oid in await cursor.fetchall()}
+            catalog = {str(name): str(sql_type) for name, sql_type in await cursor.fetchall()}
         missing = [name for name in (*COMMON_COLUMNS, *typed) if name not in catalog]
         if missing:
             raise StreamsError(
                 f"{MIRROR_SCHEMA}.{table} lacks columns {', '.join(missing)}: "
                 "run 'stripe-streams migrate'"
             )
-        adapters = conn.adapters.types
-        known = {
-            name: catalog[name] if adapters.get(catalog[name]) is not None else _TEXT_OID
-            for name in (*COMMON_COLUMNS, *typed)
-        }
+        known = {name: catalog[name] for name in (*COMMON_COLUMNS, *typed)}
         _column_types_cache[table] = known
     return known
-
-
-async def _create_stages(
-    conn: AsyncConnection[Any], columns: Mapping[str, Mapping[str, int]]
-) -> None:
-    """Create the session's staging tables once, outside the batch so a rollback keeps them."""
-    wanted = frozenset(columns)
-    if _staged.get(conn) == wanted:
-        return
-    template = queries("writer")["create_stage"]
-    async with conn.transaction():
-        for table in sorted(wanted):
-            await conn.execute(
-                sql.SQL(template).format(
-                    stage=_stage_name(table), table=sql.Identifier(MIRROR_SCHEMA, table)
-                )
-            )
-    _staged[conn] = wanted
-
-
-def _stage_name(table: str) -> sql.Identifier:
-    return sql.Identifier(f"stage_{table}")
 
 
 def _payload(envelope: EventEnvelope) -> Any:

@@ -36,7 +36,7 @@ from projections.writer import (
     count_open_dead_letters,
     record_dead_letter,
 )
-from streams.codec import DeadLetter, decode_event, encode_dead_letter
+from streams.codec import MARKER, DeadLetter, decode_event, encode_dead_letter, schemas
 from streams.dead_letters import DeadLetterPolicy, RetryPolicy, patiently
 from streams.errors import CodecError
 from streams.handlers.registry import HandlerRegistry, load_handlers
@@ -174,11 +174,13 @@ def _router(app: faust.App, settings: Settings, runtime: WorkerRuntime) -> Any:
 
     async def settle(events: Sequence[Delivery]) -> None:
         routed: list[tuple[str, Delivery]] = []
-        for event, decoded in _decode(events):
-            if isinstance(decoded, CodecError):
-                await policy.dead_letter_undecodable(*_source_of(event), decoded)
+        for event in events:
+            try:
+                event_type = event_type_of(event.message.value or b"")
+            except CodecError as exc:
+                await policy.dead_letter_undecodable(*_source_of(event), exc)
             else:
-                routed.append((settings.topic(route_event(decoded.envelope.type)), event))
+                routed.append((settings.topic(route_event(event_type)), event))
         await patiently(partial(forward, routed), runtime.retry, "forwarding events")
 
     async def route(stream: Stream[bytes]) -> None:
@@ -236,6 +238,42 @@ def _batches(stream: Stream[bytes], size: int, within: float) -> AsyncIterator[S
     """Batches of up to ``size`` deliveries or ``within`` seconds, acknowledged by the caller."""
     # noack_take yields the deliveries themselves; its annotation says values.
     return cast(AsyncIterator[Sequence[Delivery]], stream.noack_take(size, within=within))
+
+
+def event_type_of(message: bytes) -> str:
+    """Read the event type of an encoded envelope without decoding the rest of it.
+
+    The router only needs the type, and a full decode (the raw event JSON included) is most of
+    its cost; a message whose header or first fields are wrong raises CodecError like a full
+    decode would, and the family agent decodes the rest.
+    """
+    header = MARKER + schemas()["StripeEvent"].fingerprint
+    if not message.startswith(header):
+        return decode_event(message).type
+    position = len(header)
+    try:
+        for field in ("id", "type"):
+            length, position = _varint(message, position)
+            if length < 0 or position + length > len(message):
+                raise CodecError(f"StripeEvent {field} runs past the end of the message")
+            if field == "type":
+                return message[position : position + length].decode("utf-8")
+            position += length
+    except (IndexError, UnicodeDecodeError) as exc:
+        raise CodecError(f"truncated or corrupt StripeEvent message: {exc!r}") from None
+    raise CodecError("StripeEvent message has no type")
+
+
+def _varint(message: bytes, position: int) -> tuple[int, int]:
+    """Decode an Avro long (zig-zag varint) at ``position``; return it and the next position."""
+    shift = result = 0
+    while True:
+        byte = message[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (result >> 1) ^ -(result & 1), position
+        shift += 7
 
 
 def _decode(events: Sequence[Delivery]) -> list[tuple[Delivery, ConsumedEvent | CodecError]]:

@@ -22,14 +22,15 @@ SELECT event_id, status FROM ops.event_log WHERE event_id = ANY(%(event_ids)s::t
 
 -- name: record_events
 -- A known event id only counts another delivery, unless it was dead-lettered: then this
--- delivery was another attempt, and its outcome replaces the dead letter's.
+-- delivery was another attempt, and its outcome replaces the dead letter's. processed_at is
+-- the clock at the end of the batch's writes, not the start of its transaction.
 INSERT INTO ops.event_log AS l (
     event_id, type, family, object_id, account, livemode, created, received_at, processed_at,
     status, deliveries, attempts, source, topic, "partition", "offset"
 )
 SELECT e.event_id, e.type, %(family)s, e.object_id, e.account, e.livemode,
-       to_timestamp(e.created), e.received_at, now(), e.status, e.deliveries, e.attempts,
-       e.source, e.topic, e.part, e.off
+       to_timestamp(e.created), e.received_at, clock_timestamp(), e.status, e.deliveries,
+       e.attempts, e.source, e.topic, e.part, e.off
 FROM unnest(
     %(event_ids)s::text[], %(types)s::text[], %(object_ids)s::text[], %(accounts)s::text[],
     %(livemodes)s::boolean[], %(created)s::bigint[], %(received_at)s::timestamptz[],
@@ -56,7 +57,7 @@ SELECT date_trunc('minute', now()), %(family)s, e.type, e.status, count(*), sum(
        max(e.lag_ms)
 FROM (
     SELECT u.type, u.status,
-           greatest(0, extract(epoch FROM now() - u.received_at) * 1000) AS lag_ms
+           greatest(0, extract(epoch FROM clock_timestamp() - u.received_at) * 1000) AS lag_ms
     FROM unnest(%(types)s::text[], %(statuses)s::text[], %(received_at)s::timestamptz[])
         AS u(type, status, received_at)
 ) AS e
@@ -85,22 +86,23 @@ RETURNING id
 SELECT count(*) FROM ops.dead_letters WHERE status = 'open'
 
 -- name: column_types
-SELECT a.attname, a.atttypid::int
+SELECT a.attname, format_type(a.atttypid, a.atttypmod)
 FROM pg_attribute AS a
 WHERE a.attrelid = %(table)s::regclass AND a.attnum > 0 AND NOT a.attisdropped
 
--- name: create_stage
-CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (LIKE {table}) ON COMMIT DELETE ROWS
-
 -- name: upsert_mirror
--- The guard makes the upsert reorder-safe: a row only ever moves to a newer event. The result is
--- each staged row's version before the upsert, from which the writer tells stale events apart.
-WITH prior AS (
+-- One array parameter per column, unnested into rows: no temporary table, so nothing to
+-- truncate at commit. The guard makes the upsert reorder-safe: a row only ever moves to a
+-- newer event. The result is each row's version before the upsert, from which the writer
+-- tells stale events apart.
+WITH staged AS (
+    SELECT * FROM unnest({arrays}) AS s({columns})
+), prior AS (
     SELECT t.id, t.last_event_created, t.last_event_offset
-    FROM {table} AS t JOIN {stage} AS s ON s.id = t.id
+    FROM {table} AS t JOIN staged AS s ON s.id = t.id
 ), upserted AS (
     INSERT INTO {table} AS t ({columns}, updated_at)
-    SELECT {columns}, now() FROM {stage} ORDER BY id
+    SELECT {columns}, now() FROM staged ORDER BY id
     ON CONFLICT (id) DO UPDATE SET {assignments}, updated_at = excluded.updated_at
     WHERE t.last_event_created IS NULL
        OR (t.last_event_created, coalesce(t.last_event_offset, -1))

@@ -14,15 +14,19 @@ from typing import cast
 import faust
 import pytest
 from aiokafka import AIOKafkaProducer
+from hypothesis import given
+from hypothesis import strategies as st
 
 from projections.writer import AppliedEvent, ConsumedEvent, Outcome
-from streams.agents import WorkerRuntime
+from streams.agents import WorkerRuntime, event_type_of
 from streams.app import create_app
-from streams.codec import DeadLetter, encode_event
+from streams.codec import DeadLetter, decode_event, encode_event
 from streams.dead_letters import DeadLetterPolicy, RetryPolicy
 from streams.envelope import EventEnvelope, EventSource
+from streams.errors import CodecError
 from streams.samples import EventFactory
 from streams.settings import Settings
+from tests.unit.test_codec import envelopes
 
 SETTINGS = Settings.from_env(
     {"STRIPE_STREAMS_TOPIC_PREFIX": "unit", "STRIPE_STREAMS_BATCH_TIMEOUT_MS": "10"}
@@ -174,3 +178,28 @@ async def test_an_error_that_settles_nothing_leaves_the_batch_unacknowledged() -
     assert runtime.applied == []
     assert isinstance(app.crash_reason, RuntimeError)
     assert runtime.recording.sent == []
+
+
+@given(envelopes)
+def test_the_router_reads_the_type_of_any_envelope_without_decoding_it(
+    envelope: EventEnvelope,
+) -> None:
+    assert event_type_of(encode_event(envelope)) == envelope.type
+
+
+@given(st.binary(max_size=64))
+def test_bytes_that_are_not_an_envelope_are_refused_like_a_full_decode(garbage: bytes) -> None:
+    try:
+        decoded_type = decode_event(garbage).type
+    except CodecError:
+        with pytest.raises(CodecError):
+            event_type_of(garbage)
+    else:
+        assert event_type_of(garbage) == decoded_type
+
+
+def test_a_truncated_envelope_is_refused() -> None:
+    encoded = encode_event(envelope("customer.created"))
+
+    with pytest.raises(CodecError):
+        event_type_of(encoded[:14])
