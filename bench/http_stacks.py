@@ -74,7 +74,7 @@ def serve(stack: str, port: int) -> None:
         granian.Granian(
             "http_stacks:application", address="127.0.0.1", port=port,
             interface=constants.Interfaces.ASGI, workers=1, loop=constants.Loops.uvloop,
-            factory=True, log_level=constants.LogLevels.warning,
+            factory=True, log_level="warning",
         ).serve()
     else:
         serve_aiohttp(port)
