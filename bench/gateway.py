@@ -44,11 +44,11 @@ from typing import cast
 import uvloop
 from aiokafka import AIOKafkaProducer
 
-from ingest.producer import MAX_REQUEST_BYTES
 from ingest.signature import signature_header
 from streams.codec import encode_event
 from streams.envelope import EventEnvelope, EventSource
 from streams.settings import REPO_ROOT, Secret, Settings
+from streams.topics import MAX_MESSAGE_BYTES
 
 FIXTURES = REPO_ROOT.parent / "shared" / "stripe" / "fixtures3.json"
 SECRET = Secret("whsec_bench_gateway")
@@ -245,7 +245,7 @@ async def bare_producer(
         linger_ms=settings.producer_linger_ms,
         max_batch_size=settings.producer_batch_bytes,
         compression_type=settings.producer_compression,
-        max_request_size=MAX_REQUEST_BYTES,
+        max_request_size=MAX_MESSAGE_BYTES,
     )
     await producer.start()
     run = Run()

@@ -16,12 +16,9 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from streams.errors import DependencyUnavailable, StreamsError
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.topics import MAX_MESSAGE_BYTES, ensure_topics
 
 log = logging.getLogger(__name__)
-
-# Room for a 1 MiB body plus the envelope around it; the broker's own limit still applies.
-MAX_REQUEST_BYTES = 2 * 1024 * 1024
 
 
 class LogUnavailable(DependencyUnavailable):
@@ -66,7 +63,7 @@ class EventLog:
             linger_ms=settings.producer_linger_ms,
             max_batch_size=settings.producer_batch_bytes,
             compression_type=settings.producer_compression,
-            max_request_size=MAX_REQUEST_BYTES,
+            max_request_size=MAX_MESSAGE_BYTES,
             # Batches still queued when the gateway has answered 503 expire about then too.
             request_timeout_ms=max(1000, int(self._timeout * 1000)),
         )

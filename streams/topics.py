@@ -10,6 +10,11 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from streams.errors import DependencyUnavailable
 
+MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+"""Largest message on any topic: a 1 MiB event body plus its envelope or dead-letter record.
+
+Kafka's own default (about 1 MB) would refuse the largest events the gateway accepts."""
+
 
 async def ensure_topics(
     bootstrap_servers: str, names: Iterable[str], partitions: int, replication: int = 1
@@ -20,7 +25,12 @@ async def ensure_topics(
         await admin.start()
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(name, num_partitions=partitions, replication_factor=replication)
+            NewTopic(
+                name,
+                num_partitions=partitions,
+                replication_factor=replication,
+                topic_configs={"max.message.bytes": str(MAX_MESSAGE_BYTES)},
+            )
             for name in dict.fromkeys(names)
             if name not in existing
         ]

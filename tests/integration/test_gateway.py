@@ -351,6 +351,20 @@ def test_a_body_declared_over_1_mib_is_refused_before_it_is_sent(gateway: str) -
     assert b"connection: close" in answer.lower()
 
 
+def test_an_event_of_almost_1_mib_is_accepted_and_lands_whole(
+    gateway: str, log_of: Any
+) -> None:
+    event = json.loads(stripe_event())
+    event["data"]["object"]["metadata"] = {"notes": ""}
+    padding = 1024 * 1024 - len(json.dumps(event).encode()) - 1
+    event["data"]["object"]["metadata"]["notes"] = "x" * padding
+    body = json.dumps(event).encode()
+    assert 1024 * 1024 - 8 < len(body) <= 1024 * 1024
+
+    assert deliver(gateway, body).status_code == 200
+    assert log_of()[event["id"]][1].payload == body.decode()
+
+
 def test_a_stopped_broker_gives_503_then_deliveries_succeed_once_it_is_back(
     private_kafka: LocalKafka,
 ) -> None:
