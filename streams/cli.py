@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from streams.errors import StreamsError
 from streams.settings import Settings
@@ -73,10 +72,8 @@ def worker(settings: Settings, args: argparse.Namespace) -> int:
 
 def show_settings(settings: Settings, args: argparse.Namespace) -> int:
     """Print every setting: environment variable, default and meaning."""
-    table = Table("variable", "default", "meaning")
     for env, default, doc in Settings.documented():
-        table.add_row(env, default, doc)
-    console.print(table)
+        console.print(f"[bold]{env}[/bold]  (default: {default})\n    {doc}")
     return 0
 
 
