@@ -1,21 +1,24 @@
 """Throughput and latency of the processing pipeline, against a minimal consumer, same run.
 
-    .venv/bin/python bench/pipeline.py [--events 60000] [--rate 3000] [--duration 30]
+    .venv/bin/python bench/pipeline.py [--events 60000] [--workers 1,2] [--rates 3000,500]
+                                       [--duration 20]
 
 Uses the Kafka broker of KAFKA_BOOTSTRAP_SERVERS and the PostgreSQL server of DATABASE_URL,
-with fresh topics and fresh databases (dropped afterwards). Three measurements:
+with fresh topics and fresh databases (dropped afterwards). Measures:
 
 * worker: ``--events`` events of customer lifecycles (2-4 KB each) are appended to the log
-  first; then one ``stripe-streams worker`` starts and the rate at which ``ops.event_log``
-  fills (events committed to PostgreSQL per second, between 10% and 90% of the total) is
-  measured, with the worker's peak resident memory;
+  first; then ``stripe-streams worker`` processes (one consumer group) start and the rate at
+  which ``ops.event_log`` fills (events committed to PostgreSQL per second, between 10% and
+  90% of the total) is measured, with the workers' peak resident memory;
 * limit: the same log, read by a minimal hand-written aiokafka consumer that decodes, runs the
   same handlers and upserts the same mirror tables and event log with COPY, one transaction per
   batch: the practical limit of this machine, and the worker's ratio to it;
-* latency: the gateway and a worker run, and signed webhooks are offered at ``--rate`` per
-  second for ``--duration`` seconds (open loop); received-to-projected is each event's
-  ``processed_at - received_at`` in ``ops.event_log`` (gateway receipt to the end of the
-  batch's writes).
+* faust floor: an empty Faust agent that only takes and acknowledges the same log, the cost
+  of one Faust hop (the worker makes two: router, then family agent);
+* latency: the gateway and one worker run, and signed webhooks are offered at each of
+  ``--rates`` per second for ``--duration`` seconds (open loop); received-to-projected is each
+  event's ``processed_at - received_at`` in ``ops.event_log`` (gateway receipt to the end of
+  its batch's writes).
 
 The machine is shared: ``busy cores`` says how loaded it was during each measurement.
 """
@@ -178,7 +181,7 @@ def environment(settings: Settings) -> dict[str, str]:
     }
 
 
-def watch_fill(url: str, total: int, pid: int | None, timeout: float = 600) -> Fill:
+def watch_fill(url: str, total: int, pids: Sequence[int], timeout: float = 600) -> Fill:
     """Poll the event log until it holds ``total`` events; time 10% to 90% of them."""
     marks: dict[float, float] = {}
     peak = 0.0
@@ -192,8 +195,7 @@ def watch_fill(url: str, total: int, pid: int | None, timeout: float = 600) -> F
                 marks[share] = now
                 if share == 0.1:
                     cpu_before = busy_ticks()
-        if pid is not None:
-            peak = max(peak, rss_mib(pid))
+        peak = max([peak, *(rss_mib(pid) for pid in pids)])
         if count >= total:
             break
         time.sleep(0.1)
@@ -202,13 +204,55 @@ def watch_fill(url: str, total: int, pid: int | None, timeout: float = 600) -> F
     return Fill(int(0.8 * total), marks[0.9] - marks[0.1], peak, busy_cores_since(cpu_before))
 
 
-def measure_worker(settings: Settings, total: int) -> Fill:
-    worker = start(["worker", "--web-port", str(free_port())], environment(settings),
-                   "worker-fill.log")
+def measure_workers(settings: Settings, total: int, count: int) -> Fill:
+    """Start ``count`` workers in one consumer group on the pre-loaded log; time the fill."""
+    workers = [
+        start(["worker", "--web-port", str(free_port())], environment(settings),
+              f"worker-fill-{count}-{n}.log")
+        for n in range(count)
+    ]
     try:
-        return watch_fill(settings.database_url, total, worker.pid)
+        return watch_fill(settings.database_url, total, [w.pid for w in workers])
     finally:
-        stop(worker)
+        for worker in workers:
+            stop(worker)
+
+
+FLOOR_APP = """
+import os, sys, time
+import faust
+bootstrap, topic, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
+app = faust.App(f"{topic}-floor", broker=f"kafka://{bootstrap}", store="memory://",
+                autodiscover=False, topic_disable_leader=True, web_enabled=False,
+                consumer_auto_offset_reset="earliest")
+seen, marks = 0, {}
+
+@app.agent(app.topic(topic, key_serializer="raw", value_serializer="raw"))
+async def empty(stream):
+    global seen
+    async for events in stream.noack_take(500, within=0.05):
+        for event in events:
+            await stream.ack(event)
+        seen += len(events)
+        for share in (0.1, 0.9):
+            if seen >= share * total and share not in marks:
+                marks[share] = time.perf_counter()
+        if seen >= total:
+            print(0.8 * total / (marks[0.9] - marks[0.1]), flush=True)
+            os._exit(0)
+
+faust.Worker(app, loglevel="error", quiet=True).execute_from_commandline()
+"""
+
+
+def faust_floor(settings: Settings, total: int) -> float:
+    """Messages/s an empty Faust agent takes and acknowledges from the pre-loaded log."""
+    done = subprocess.run(
+        [sys.executable, "-c", FLOOR_APP, settings.kafka_bootstrap_servers, settings.topic(),
+         str(total)],
+        capture_output=True, text=True, timeout=600, check=True,
+    )
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 async def practical_limit(settings: Settings, total: int, batch: int) -> Fill:
@@ -224,11 +268,8 @@ async def practical_limit(settings: Settings, total: int, batch: int) -> Fill:
     columns = {name: ["id", "data", "deleted", "livemode", "account", "last_event_id",
                       "last_event_created", "last_event_offset", *table.columns]
                for name, table in registry.tables.items()}
+    staged: set[str] = set()
     async with conn.transaction():
-        for name in columns:
-            await conn.execute(sql.SQL(
-                "CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DELETE ROWS"
-            ).format(sql.Identifier(f"s_{name}"), sql.Identifier("stripe", name)))
         await conn.execute(
             "CREATE TEMP TABLE s_log (LIKE ops.event_log) ON COMMIT DELETE ROWS"
         )
@@ -263,6 +304,13 @@ async def practical_limit(settings: Settings, total: int, batch: int) -> Fill:
                     envelope.received_at, datetime.now(UTC), status, 1, 1, envelope.source.value,
                     message.topic, message.partition, message.offset,
                 ))
+            # Staging tables only for the tables in use: a commit truncates every one.
+            for name in {table for table, _ in newest} - staged:
+                async with conn.transaction():
+                    await conn.execute(sql.SQL(
+                        "CREATE TEMP TABLE {} (LIKE {}) ON COMMIT DELETE ROWS"
+                    ).format(sql.Identifier(f"s_{name}"), sql.Identifier("stripe", name)))
+                staged.add(name)
             async with conn.transaction(), conn.cursor() as cursor:
                 for name in {table for table, _ in newest}:
                     names = sql.SQL(", ").join(map(sql.Identifier, columns[name]))
@@ -416,55 +464,68 @@ def measure_latency(settings: Settings, rate: float, duration: float) -> dict[st
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--events", type=int, default=60_000, help="events pre-loaded")
-    parser.add_argument("--rate", type=float, default=3000.0, help="webhooks/s offered")
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds of offering")
+    parser.add_argument("--workers", default="1,2", help="worker counts to measure")
+    parser.add_argument("--rates", default="3000,500", help="webhooks/s offered, per run")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of offering")
     parser.add_argument("--batch", type=int, default=500, help="batch size of the limit")
     args = parser.parse_args()
     base = Settings.from_env()
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     settings = replace(base, topic_prefix=prefix, topic_partitions=6)
     asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, worker_topics(settings), 6))
+    fills: dict[int, Fill] = {}
+    latencies: dict[float, dict[str, float]] = {}
     try:
         print(f"appending {args.events} events to {settings.topic()} ...", flush=True)
         asyncio.run(append(settings, envelopes(lifecycle_events(args.events, seed=3))))
-        with fresh_database(settings) as url:
-            print("worker: applying the pre-loaded log ...", flush=True)
-            worker = measure_worker(replace(settings, database_url=url), args.events)
+        for count in map(int, args.workers.split(",")):
+            with fresh_database(settings) as url:
+                print(f"worker: {count} process(es) applying the pre-loaded log ...", flush=True)
+                group = replace(settings, database_url=url, consumer_group=f"{prefix}-{count}")
+                fills[count] = measure_workers(group, args.events, count)
         with fresh_database(settings) as url:
             print("limit: minimal consumer on the same log ...", flush=True)
             limit = uvloop.run(
                 practical_limit(replace(settings, database_url=url), args.events, args.batch)
             )
-        latency_settings = replace(settings, topic_prefix=f"{prefix}l")
-        asyncio.run(ensure_topics(latency_settings.kafka_bootstrap_servers,
-                                  worker_topics(latency_settings), 6))
-        with fresh_database(latency_settings) as url:
-            print(f"latency: {args.rate:.0f} webhooks/s for {args.duration:.0f}s ...",
-                  flush=True)
-            latency = measure_latency(replace(latency_settings, database_url=url), args.rate,
-                                      args.duration)
+        print("faust floor: empty agent on the same log ...", flush=True)
+        floor = faust_floor(settings, args.events)
+        for rate in map(float, args.rates.split(",")):
+            run = replace(settings, topic_prefix=f"{prefix}r{int(rate)}")
+            asyncio.run(ensure_topics(run.kafka_bootstrap_servers, worker_topics(run), 6))
+            with fresh_database(run) as url:
+                print(f"latency: {rate:.0f} webhooks/s for {args.duration:.0f}s ...", flush=True)
+                latencies[rate] = measure_latency(replace(run, database_url=url), rate,
+                                                  args.duration)
     finally:
         asyncio.run(delete_topics(settings.kafka_bootstrap_servers, prefix))
-    report(worker, limit, latency)
+    report(fills, limit, floor, latencies)
 
 
-def report(worker: Fill, limit: Fill, latency: dict[str, float]) -> None:
+def report(
+    fills: dict[int, Fill], limit: Fill, floor: float, latencies: dict[float, dict[str, float]]
+) -> None:
     print()
-    print(f"{'measurement':<34}{'value':>14}  target")
-    print(f"{'worker, log to PostgreSQL':<34}{worker.rate:>10.0f} ev/s  >= 5000 ev/s")
-    print(f"{'limit (aiokafka + COPY)':<34}{limit.rate:>10.0f} ev/s")
-    print(f"{'worker / limit':<34}{worker.rate / limit.rate:>14.2f}")
-    print(f"{'busy cores (worker / limit)':<34}{worker.busy_cores:>8.1f} / {limit.busy_cores:.1f}")
-    print(f"{'worker peak RSS, applying the log':<34}{worker.peak_rss_mib:>10.0f} MiB  < 300 MiB")
-    print(f"{'webhooks offered / answered 200':<34}{latency['offered']:>7.0f} / "
-          f"{latency['accepted']:.0f}")
-    print(f"{'offered rate achieved':<34}{latency['achieved_rate']:>10.0f} /s")
-    print(f"{'events applied':<34}{latency['applied']:>14.0f}")
-    for name in ("p50", "p95", "p99", "max"):
-        target = "  < 250 ms" if name == "p99" else ""
-        print(f"{'received-to-projected ' + name:<34}{latency[name]:>11.0f} ms{target}")
-    print(f"{'worker peak RSS, under load':<34}{latency['peak_rss']:>10.0f} MiB  < 300 MiB")
-    print(f"{'busy cores during latency run':<34}{latency['busy']:>14.1f}")
+    print(f"{'measurement':<40}{'value':>14}  target")
+    for count, fill in fills.items():
+        name = f"{count} worker(s), log to PostgreSQL"
+        print(f"{name:<40}{fill.rate:>9.0f} ev/s  >= 5000 ev/s")
+        print(f"{'  ratio to the limit':<40}{fill.rate / limit.rate:>14.2f}")
+        print(f"{'  busy cores':<40}{fill.busy_cores:>14.1f}")
+        print(f"{'  peak RSS of one worker':<40}{fill.peak_rss_mib:>10.0f} MiB  < 300 MiB")
+    print(f"{'limit: aiokafka + COPY, one process':<40}{limit.rate:>9.0f} ev/s")
+    print(f"{'  busy cores':<40}{limit.busy_cores:>14.1f}")
+    print(f"{'faust floor: empty agent, one hop':<40}{floor:>8.0f} msg/s")
+    for rate, latency in latencies.items():
+        print(f"offered {rate:.0f} webhooks/s for the latency run")
+        print(f"{'  achieved rate / answered 200':<40}{latency['achieved_rate']:>7.0f} / "
+              f"{latency['accepted']:.0f} of {latency['offered']:.0f}")
+        print(f"{'  events applied':<40}{latency['applied']:>14.0f}")
+        for name in ("p50", "p95", "p99", "max"):
+            target = "  < 250 ms" if name == "p99" else ""
+            print(f"{'  received-to-projected ' + name:<40}{latency[name]:>11.0f} ms{target}")
+        print(f"{'  peak RSS of the worker':<40}{latency['peak_rss']:>10.0f} MiB  < 300 MiB")
+        print(f"{'  busy cores':<40}{latency['busy']:>14.1f}")
 
 
 if __name__ == "__main__":

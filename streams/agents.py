@@ -64,7 +64,8 @@ class WorkerRuntime(Service):
         self.settings = settings
         self.registry: HandlerRegistry = load_handlers()
         self.metrics = WorkerMetrics()
-        self.pool = create_pool(settings, max_size=4)
+        # One connection per family agent and one for dead letters and timers: no agent waits.
+        self.pool = create_pool(settings, max_size=len(FAMILIES) + 1)
         self.retry = RetryPolicy.from_settings(settings)
         self.next_offsets: dict[tuple[str, int], int] = {}
         self.consumer_lag: dict[tuple[str, int], int] = {}
@@ -155,6 +156,16 @@ def register_agents(app: faust.App, settings: Settings, runtime: WorkerRuntime) 
             _projector(app, settings, runtime, family)
         )
     app.timer(_LAG_INTERVAL, name="measure_consumer_lag")(_lag_meter(app, runtime))
+
+    async def forget_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        """Forget positions of partitions this worker no longer holds: another worker moves on."""
+        for tp in revoked:
+            runtime.next_offsets.pop((tp.topic, tp.partition), None)
+
+    # mode's signal annotation wants a positional-only variadic receiver; Faust sends
+    # (sender, revoked, signal=...).
+    app.on_partitions_revoked.connect(cast(Any, forget_revoked))
+
     app.timer(_OPEN_DEAD_LETTERS_INTERVAL, name="count_open_dead_letters")(
         _open_dead_letters(runtime)
     )
