@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import Any
 
 import pytest
 
 from streams.envelope import EventEnvelope, EventSource
 from streams.errors import InvalidEvent
+from streams.samples import stripe_objects
 
-FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "stripe" / "fixtures3.json"
 
-
-def _fixture_event() -> dict[str, object]:
-    event: dict[str, object] = json.loads(FIXTURES.read_text())["resources"]["event"]
-    return event
+def _fixture_event() -> dict[str, Any]:
+    return copy.deepcopy(dict(stripe_objects()["event"]))
 
 
 def test_snapshot_event_is_keyed_by_its_object() -> None:

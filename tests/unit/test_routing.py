@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from streams.routing import FAMILIES, OTHER, ROUTES, route_event
 
-EVENT_TYPES = Path(__file__).resolve().parents[3] / "shared" / "stripe" / "event_types.txt"
+EVENT_TYPES = Path(__file__).resolve().parents[1] / "data" / "stripe_event_types.txt"
 
 
 def _stripe_event_types() -> list[str]:
