@@ -105,11 +105,6 @@ class EventEnvelope:
             payload=payload,
         )
 
-    def event(self) -> dict[str, Any]:
-        """Return the raw Stripe event, parsed."""
-        parsed: dict[str, Any] = json.loads(self.payload)
-        return parsed
-
     @property
     def key(self) -> bytes:
         """Kafka key: the object id, so every event of one object stays in one partition."""
