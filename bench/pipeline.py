@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -178,6 +179,7 @@ def environment(settings: Settings) -> dict[str, str]:
         "STRIPE_STREAMS_TOPIC_PREFIX": settings.topic_prefix,
         "STRIPE_STREAMS_PARTITIONS": str(settings.topic_partitions),
         "STRIPE_WEBHOOK_SECRETS": SECRET.reveal(),
+        "STRIPE_STREAMS_CONSUMER_GROUP": settings.group_id,
     }
 
 
@@ -238,10 +240,10 @@ async def empty(stream):
             if seen >= share * total and share not in marks:
                 marks[share] = time.perf_counter()
         if seen >= total:
-            print(0.8 * total / (marks[0.9] - marks[0.1]), flush=True)
+            print(f"FLOOR {0.8 * total / (marks[0.9] - marks[0.1])}", flush=True)
             os._exit(0)
 
-faust.Worker(app, loglevel="error", quiet=True).execute_from_commandline()
+faust.Worker(app, loglevel="error", quiet=True, redirect_stdouts=False).execute_from_commandline()
 """
 
 
@@ -252,7 +254,10 @@ def faust_floor(settings: Settings, total: int) -> float:
          str(total)],
         capture_output=True, text=True, timeout=600, check=True,
     )
-    return float(done.stdout.strip().splitlines()[-1])
+    found = re.search(r"FLOOR ([0-9.]+)", done.stdout)
+    if found is None:
+        raise SystemExit(f"the Faust floor run printed no result: {done.stdout[-500:]!r}")
+    return float(found.group(1))
 
 
 async def practical_limit(settings: Settings, total: int, batch: int) -> Fill:
@@ -420,6 +425,24 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
     raise SystemExit("gateway not ready within 60 s")
 
 
+def wait_for_worker(port: int) -> None:
+    """Wait until the worker reports a consumer lag: it holds its partitions."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
+                probe.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                answer = b""
+                while chunk := probe.recv(65536):
+                    answer += chunk
+            if b"stripe_streams_consumer_lag{" in answer:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("the worker got no partitions within 90 s")
+
+
 def percentile(values: Sequence[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
@@ -431,11 +454,12 @@ def measure_latency(settings: Settings, rate: float, duration: float) -> dict[st
     port = free_port()
     env = environment(settings)
     gateway = start(["gateway", "--host", "127.0.0.1", "--port", str(port)], env, "gateway.log")
-    worker = start(["worker", "--web-port", str(free_port())], env, "worker-latency.log")
+    worker_port = free_port()
+    worker = start(["worker", "--web-port", str(worker_port)], env, "worker-latency.log")
     peak = 0.0
     try:
         wait_for_port(port, gateway)
-        time.sleep(5)  # let the worker join its group and get its partitions
+        wait_for_worker(worker_port)
         cpu_before = busy_ticks()
         began = time.perf_counter()
         accepted = uvloop.run(offer(port, requests, rate, connections=48))
@@ -451,13 +475,16 @@ def measure_latency(settings: Settings, rate: float, duration: float) -> dict[st
         stop(gateway)
     with psycopg.connect(settings.database_url) as conn:
         lags = [row[0] * 1000 for row in conn.execute(
-            "SELECT extract(epoch FROM processed_at - received_at)::float FROM ops.event_log"
+            "SELECT extract(epoch FROM processed_at - received_at)::float FROM ops.event_log "
+            "ORDER BY received_at"
         )]
+    second_half = lags[len(lags) // 2 :]
     return {
         "offered": len(requests), "accepted": accepted, "applied": len(lags),
         "achieved_rate": len(requests) / offered_for,
         "p50": statistics.median(lags), "p95": percentile(lags, 0.95),
         "p99": percentile(lags, 0.99), "max": max(lags), "peak_rss": peak, "busy": busy,
+        "p99 of the second half": percentile(second_half, 0.99),
     }
 
 
@@ -483,13 +510,16 @@ def main() -> None:
                 print(f"worker: {count} process(es) applying the pre-loaded log ...", flush=True)
                 group = replace(settings, database_url=url, consumer_group=f"{prefix}-{count}")
                 fills[count] = measure_workers(group, args.events, count)
+                print(f"  {fills[count].rate:.0f} ev/s", flush=True)
         with fresh_database(settings) as url:
             print("limit: minimal consumer on the same log ...", flush=True)
             limit = uvloop.run(
                 practical_limit(replace(settings, database_url=url), args.events, args.batch)
             )
+            print(f"  {limit.rate:.0f} ev/s", flush=True)
         print("faust floor: empty agent on the same log ...", flush=True)
         floor = faust_floor(settings, args.events)
+        print(f"  {floor:.0f} msg/s", flush=True)
         for rate in map(float, args.rates.split(",")):
             run = replace(settings, topic_prefix=f"{prefix}r{int(rate)}")
             asyncio.run(ensure_topics(run.kafka_bootstrap_servers, worker_topics(run), 6))
@@ -497,6 +527,7 @@ def main() -> None:
                 print(f"latency: {rate:.0f} webhooks/s for {args.duration:.0f}s ...", flush=True)
                 latencies[rate] = measure_latency(replace(run, database_url=url), rate,
                                                   args.duration)
+                print(f"  p99 {latencies[rate]['p99']:.0f} ms", flush=True)
     finally:
         asyncio.run(delete_topics(settings.kafka_bootstrap_servers, prefix))
     report(fills, limit, floor, latencies)
@@ -524,6 +555,8 @@ def report(
         for name in ("p50", "p95", "p99", "max"):
             target = "  < 250 ms" if name == "p99" else ""
             print(f"{'  received-to-projected ' + name:<40}{latency[name]:>11.0f} ms{target}")
+        print(f"{'  p99 of the later half of the events':<40}"
+              f"{latency['p99 of the second half']:>11.0f} ms")
         print(f"{'  peak RSS of the worker':<40}{latency['peak_rss']:>10.0f} MiB  < 300 MiB")
         print(f"{'  busy cores':<40}{latency['busy']:>14.1f}")
 

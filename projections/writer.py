@@ -84,7 +84,7 @@ class AppliedEvent:
 
 
 class EventRejected(StreamsError):
-    """One event cannot be projected: its handler raised, or its rows do not fit its table."""
+    """One event cannot be projected: its handler raised or broke the handler contract."""
 
     def __init__(self, event: ConsumedEvent, handler: str, cause: BaseException) -> None:
         super().__init__(

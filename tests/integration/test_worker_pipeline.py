@@ -87,3 +87,27 @@ def test_events_appended_while_the_worker_runs_are_applied(
         asyncio.run(produce(settings, STORY[20:]))
         wait_until(lambda: len(logged_events(settings.database_url)) == len(STORY), 90,
                    "the later events", [worker])
+
+
+def test_a_worker_that_cannot_write_stops_without_losing_its_batch(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # A table missing is no poison event: dead-lettering every customer event would be wrong.
+    with psycopg.connect(settings.database_url) as conn:
+        conn.execute("ALTER TABLE stripe.customers RENAME TO customers_elsewhere")
+    customers = [e for e in STORY if e.type in ("customer.created", "customer.updated")]
+    prepare_topics(settings)
+    asyncio.run(produce(settings, customers))
+
+    stopped = WorkerProcess(settings, tmp_path, "stopped").start()
+    assert stopped.process is not None
+    code = stopped.process.wait(timeout=120)
+
+    assert code != 0
+    assert "cannot settle its batch" in stopped.log()
+    with psycopg.connect(settings.database_url) as conn:
+        conn.execute("ALTER TABLE stripe.customers_elsewhere RENAME TO customers")
+        assert conn.execute("SELECT count(*) FROM ops.dead_letters").fetchone() == (0,)
+    with WorkerProcess(settings, tmp_path, "restarted") as worker:
+        wait_until(lambda: logged_events(settings.database_url) >= {e.id for e in customers},
+                   90, "the customer events after the table is back", [worker])
