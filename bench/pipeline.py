@@ -226,7 +226,7 @@ import faust
 bootstrap, topic, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
 app = faust.App(f"{topic}-floor", broker=f"kafka://{bootstrap}", store="memory://",
                 autodiscover=False, topic_disable_leader=True, web_enabled=False,
-                consumer_auto_offset_reset="earliest")
+                consumer_auto_offset_reset="earliest", datadir="/tmp/stripe-streams-worker")
 seen, marks = 0, {}
 
 @app.agent(app.topic(topic, key_serializer="raw", value_serializer="raw"))

@@ -56,8 +56,9 @@ def create_app(
         producer_acks=-1,
         web_enabled=True,
         web_port=web_port or settings.worker_web_port,
-        # Faust wants a data directory even without tables; keep it out of the working directory.
-        datadir=Path(tempfile.gettempdir()) / f"{settings.group_id}-data",
+        # Faust wants a data directory even without tables: one empty directory, shared by every
+        # worker, outside the working directory.
+        datadir=Path(tempfile.gettempdir()) / "stripe-streams-worker",
         # The broker commits only what agents acknowledged; committing often shortens the
         # redelivery after a crash (the skipped events), nothing else depends on it.
         broker_commit_interval=1.0,
