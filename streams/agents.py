@@ -42,6 +42,7 @@ from streams.errors import CodecError
 from streams.handlers.registry import HandlerRegistry, load_handlers
 from streams.routing import FAMILIES, OTHER, route_event
 from streams.settings import Settings
+from streams.topics import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 Delivery = EventT[bytes]
@@ -83,6 +84,8 @@ class WorkerRuntime(Service):
                     acks="all",
                     enable_idempotence=True,
                     linger_ms=2,
+                    # The largest event the gateway accepts must pass the router unchanged.
+                    max_request_size=MAX_MESSAGE_BYTES,
                 )
                 await patiently(producer.start, self.retry, "starting the producer")
                 self._producer = producer

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from streams.codec import encode_event
 from streams.envelope import EventEnvelope
 from streams.samples import EventFactory
 from streams.settings import Settings
@@ -19,6 +21,7 @@ from tests.integration.test_projection_ordering import (
     envelope_of,
     mirror_snapshot,
 )
+from tests.integration.test_projection_writer import customer_events
 from tests.integration.worker_support import (
     WorkerProcess,
     logged_events,
@@ -111,3 +114,28 @@ def test_a_worker_that_cannot_write_stops_without_losing_its_batch(
     with WorkerProcess(settings, tmp_path, "restarted") as worker:
         wait_until(lambda: logged_events(settings.database_url) >= {e.id for e in customers},
                    90, "the customer events after the table is back", [worker])
+
+
+def test_the_largest_event_the_gateway_accepts_passes_the_router(
+    settings: Settings, tmp_path: Path
+) -> None:
+    events, customer = customer_events(1)
+    # A body just under the gateway's 1 MiB limit: with its envelope the message is above 1 MiB.
+    events[0]["data"]["object"]["metadata"] = {"notes": ""}
+    notes = 1024 * 1024 - 16 - len(json.dumps(events[0]))
+    events[0]["data"]["object"]["metadata"] = {"notes": "x" * notes}
+    large = envelope_of(events[0])
+    assert len(encode_event(large)) > 1024 * 1024
+    prepare_topics(settings)
+    asyncio.run(produce(settings, [large]))
+
+    with WorkerProcess(settings, tmp_path) as worker:
+        wait_until(lambda: large.id in logged_events(settings.database_url), 90,
+                   "the large event", [worker])
+
+    with psycopg.connect(settings.database_url) as conn:
+        row = conn.execute(
+            "SELECT length(data->'metadata'->>'notes') FROM stripe.customers WHERE id = %s",
+            (customer["id"],),
+        ).fetchone()
+    assert row == (notes,)

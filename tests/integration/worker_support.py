@@ -21,7 +21,7 @@ from streams.app import worker_topics
 from streams.codec import DeadLetter, decode_dead_letter, encode_event
 from streams.envelope import EventEnvelope
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.topics import MAX_MESSAGE_BYTES, ensure_topics
 
 # Fast retries keep poison tests short; outages are waited out whatever these say.
 FAST_RETRIES = {
@@ -110,7 +110,7 @@ async def produce(settings: Settings, envelopes: Iterable[EventEnvelope]) -> Non
     """Append envelopes to the log as the gateway does: keyed by object id, acks=all."""
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
-        enable_idempotence=True, linger_ms=5,
+        enable_idempotence=True, linger_ms=5, max_request_size=MAX_MESSAGE_BYTES,
     )
     await producer.start()
     try:
