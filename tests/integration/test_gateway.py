@@ -33,17 +33,12 @@ from streams.envelope import EventEnvelope, EventSource
 from streams.services.kafka import LocalKafka
 from streams.settings import Secret
 from streams.topics import delete_topics
+from tests.integration.worker_support import free_port
 
 OLD = Secret("whsec_test_previous")
 DEFAULT = Secret("whsec_test_default")
 CONNECT = Secret("whsec_test_connect")
 PARTITIONS = 3
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextmanager
