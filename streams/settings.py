@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from streams.errors import ConfigurationError
+from streams.routing import FAMILIES
 
 ENDPOINT_SECRETS_PREFIX = "STRIPE_WEBHOOK_SECRETS_"
 DEFAULT_ENDPOINT = "default"
@@ -143,6 +144,19 @@ def setting(env: str, default: Any, doc: str, parse: Callable[[str], Any] = _tex
     return field(default=default, metadata={"env": env, "doc": doc, "parse": parse})
 
 
+def family_setting(base_env: str, example: str, parse: Callable[[str], Any]) -> Any:
+    """Declare per-family overrides ``<base_env>_<FAMILY>`` of the setting ``base_env``."""
+    return field(
+        default_factory=dict,
+        metadata={
+            "env": f"{base_env}_<FAMILY>",
+            "per_family": True,
+            "doc": f"{base_env} for one family ({', '.join(FAMILIES)}), {example}.",
+            "parse": parse,
+        },
+    )
+
+
 @dataclass(frozen=True)
 class Settings:
     """Configuration of every stripe-streams command, read from the environment or flags."""
@@ -240,26 +254,16 @@ class Settings:
         "STRIPE_STREAMS_BATCH_SIZE", 500,
         "Most events a family agent applies in one PostgreSQL transaction.", _positive_int,
     )
-    family_batch_sizes: Mapping[str, int] = field(
-        default_factory=dict,
-        metadata={
-            "env": "STRIPE_STREAMS_BATCH_SIZE_<FAMILY>", "per_family": True,
-            "doc": "STRIPE_STREAMS_BATCH_SIZE for one family, e.g. ..._INVOICES.",
-            "parse": _positive_int,
-        },
+    family_batch_sizes: Mapping[str, int] = family_setting(
+        "STRIPE_STREAMS_BATCH_SIZE", "e.g. ..._INVOICES", _positive_int
     )
     batch_timeout_ms: int = setting(
         "STRIPE_STREAMS_BATCH_TIMEOUT_MS", 50,
         "Longest a family agent waits to fill a batch before applying it, milliseconds.",
         _positive_int,
     )
-    family_batch_timeouts_ms: Mapping[str, int] = field(
-        default_factory=dict,
-        metadata={
-            "env": "STRIPE_STREAMS_BATCH_TIMEOUT_MS_<FAMILY>", "per_family": True,
-            "doc": "STRIPE_STREAMS_BATCH_TIMEOUT_MS for one family, e.g. ..._CUSTOMERS.",
-            "parse": _positive_int,
-        },
+    family_batch_timeouts_ms: Mapping[str, int] = family_setting(
+        "STRIPE_STREAMS_BATCH_TIMEOUT_MS", "e.g. ..._CUSTOMERS", _positive_int
     )
     max_attempts: int = setting(
         "STRIPE_STREAMS_MAX_ATTEMPTS", 3,
@@ -344,8 +348,13 @@ def _per_family(env: Mapping[str, str], prefix: str, declared: Mapping[str, Any]
     values: dict[str, Any] = {}
     for name, raw in env.items():
         if name.startswith(prefix) and len(name) > len(prefix):
+            family = name.removeprefix(prefix).lower()
+            if family not in FAMILIES:
+                raise ConfigurationError(
+                    f"{name}: no family {family!r}; families are {', '.join(FAMILIES)}"
+                )
             try:
-                values[name.removeprefix(prefix).lower()] = declared["parse"](raw)
+                values[family] = declared["parse"](raw)
             except ValueError as exc:
                 raise ConfigurationError(f"{name} {exc}") from None
     return values

@@ -97,3 +97,31 @@ def test_every_setting_is_documented_with_its_variable() -> None:
         "STRIPE_STREAMS_TOPIC_PREFIX",
     ):
         assert documented.get(variable), variable
+
+
+def test_a_family_override_applies_to_that_family_only() -> None:
+    settings = Settings.from_env(
+        {
+            "STRIPE_STREAMS_BATCH_SIZE": "200",
+            "STRIPE_STREAMS_BATCH_SIZE_INVOICES": "50",
+            "STRIPE_STREAMS_BATCH_TIMEOUT_MS_CUSTOMERS": "10",
+        }
+    )
+    assert settings.batch_size_for("invoices") == 50
+    assert settings.batch_size_for("customers") == 200
+    assert settings.batch_timeout_for("customers") == 0.01
+    assert settings.batch_timeout_for("invoices") == settings.batch_timeout_ms / 1000
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        ("STRIPE_STREAMS_BATCH_SIZE_INVOICE", "50", "no family 'invoice'"),
+        ("STRIPE_STREAMS_BATCH_SIZE_INVOICES", "many", "must be an integer"),
+    ],
+)
+def test_a_wrong_family_override_fails_naming_the_variable(
+    variable: str, value: str, reason: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=f"{variable}.*{reason}"):
+        Settings.from_env({variable: value})
