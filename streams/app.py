@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from streams.agents import DEAD_LETTER_SUFFIX, WorkerRuntime, register_agents
 from streams.routing import FAMILIES
 from streams.settings import Settings
+from streams.transport import Transport
 
 
 def worker_topics(settings: Settings) -> list[str]:
@@ -66,6 +67,8 @@ def create_app(
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
     )
+    # Before anything asks the app for its transport (topics do): it bounds the fetch long-poll.
+    app.transport = Transport(app.conf.broker_consumer, app)
     runtime = runtime or WorkerRuntime(settings)
     app.add_dependency(runtime)
     register_agents(app, settings, runtime)

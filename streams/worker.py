@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 
@@ -25,9 +26,22 @@ def run_worker(settings: Settings, web_port: int | None = None) -> int:
         )
     )
     app = create_app(settings, web_port=web_port)
+    _collect_garbage_less_often()
     worker = faust.Worker(app, loglevel=logging.INFO, quiet=not sys.stdout.isatty())
     try:
         worker.execute_from_commandline()
     except SystemExit as stopped:
         return stopped.code if isinstance(stopped.code, int) else 1
     return 0
+
+
+def _collect_garbage_less_often() -> None:
+    """Keep the collector from rescanning what the worker allocates per batch and at startup.
+
+    Every batch allocates tens of thousands of short-lived objects (decoded events, rows) and
+    the default thresholds made the collector walk the long-lived ones over and over: measured,
+    about a fifth of the worker's CPU. Reference cycles are still collected, just in larger
+    generations.
+    """
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
