@@ -1,7 +1,7 @@
 """Throughput and latency of the processing pipeline, against a minimal consumer, same run.
 
     .venv/bin/python bench/pipeline.py [--events 60000] [--workers 1,2] [--rates 3000,500]
-                                       [--duration 20]
+                                       [--duration 20] [--latency-workers 1]
 
 Uses the Kafka broker of KAFKA_BOOTSTRAP_SERVERS and the PostgreSQL server of DATABASE_URL,
 with fresh topics and fresh databases (dropped afterwards). Measures:
@@ -15,10 +15,10 @@ with fresh topics and fresh databases (dropped afterwards). Measures:
   batch: the practical limit of this machine, and the worker's ratio to it;
 * faust floor: an empty Faust agent that only takes and acknowledges the same log, the cost
   of one Faust hop (the worker makes two: router, then family agent);
-* latency: the gateway and one worker run, and signed webhooks are offered at each of
-  ``--rates`` per second for ``--duration`` seconds (open loop); received-to-projected is each
-  event's ``processed_at - received_at`` in ``ops.event_log`` (gateway receipt to the end of
-  its batch's writes).
+* latency: the gateway and ``--latency-workers`` workers run, and signed webhooks are offered
+  at each of ``--rates`` per second for ``--duration`` seconds (open loop); received-to-projected
+  is each event's ``processed_at - received_at`` in ``ops.event_log`` (gateway receipt to the
+  end of its batch's writes).
 
 The machine is shared: ``busy cores`` says how loaded it was during each measurement.
 """
@@ -448,30 +448,37 @@ def percentile(values: Sequence[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-def measure_latency(settings: Settings, rate: float, duration: float) -> dict[str, float]:
+def measure_latency(
+    settings: Settings, rate: float, duration: float, workers: int
+) -> dict[str, float]:
     events = lifecycle_events(int(rate * duration), seed=7)
     requests = signed_requests(events)
     port = free_port()
     env = environment(settings)
     gateway = start(["gateway", "--host", "127.0.0.1", "--port", str(port)], env, "gateway.log")
-    worker_port = free_port()
-    worker = start(["worker", "--web-port", str(worker_port)], env, "worker-latency.log")
+    worker_ports = [free_port() for _ in range(workers)]
+    running = [
+        start(["worker", "--web-port", str(worker_port)], env, f"worker-latency-{n}.log")
+        for n, worker_port in enumerate(worker_ports)
+    ]
     peak = 0.0
     try:
         wait_for_port(port, gateway)
-        wait_for_worker(worker_port)
+        for worker_port in worker_ports:
+            wait_for_worker(worker_port)
         cpu_before = busy_ticks()
         began = time.perf_counter()
         accepted = uvloop.run(offer(port, requests, rate, connections=48))
         offered_for = time.perf_counter() - began
         deadline = time.monotonic() + 120
         while logged(settings.database_url) < accepted and time.monotonic() < deadline:
-            peak = max(peak, rss_mib(worker.pid))
+            peak = max([peak, *(rss_mib(worker.pid) for worker in running)])
             time.sleep(0.2)
-        peak = max(peak, rss_mib(worker.pid))
+        peak = max([peak, *(rss_mib(worker.pid) for worker in running)])
         busy = busy_cores_since(cpu_before)
     finally:
-        stop(worker)
+        for worker in running:
+            stop(worker)
         stop(gateway)
     with psycopg.connect(settings.database_url) as conn:
         lags = [row[0] * 1000 for row in conn.execute(
@@ -494,6 +501,8 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="worker counts to measure")
     parser.add_argument("--rates", default="3000,500", help="webhooks/s offered, per run")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of offering")
+    parser.add_argument("--latency-workers", type=int, default=1,
+                        help="worker processes (one consumer group) in the latency runs")
     parser.add_argument("--batch", type=int, default=500, help="batch size of the limit")
     args = parser.parse_args()
     base = Settings.from_env()
@@ -524,9 +533,10 @@ def main() -> None:
             run = replace(settings, topic_prefix=f"{prefix}r{int(rate)}")
             asyncio.run(ensure_topics(run.kafka_bootstrap_servers, worker_topics(run), 6))
             with fresh_database(run) as url:
-                print(f"latency: {rate:.0f} webhooks/s for {args.duration:.0f}s ...", flush=True)
+                print(f"latency: {rate:.0f} webhooks/s for {args.duration:.0f}s, "
+                      f"{args.latency_workers} worker(s) ...", flush=True)
                 latencies[rate] = measure_latency(replace(run, database_url=url), rate,
-                                                  args.duration)
+                                                  args.duration, args.latency_workers)
                 print(f"  p99 {latencies[rate]['p99']:.0f} ms", flush=True)
     finally:
         asyncio.run(delete_topics(settings.kafka_bootstrap_servers, prefix))
@@ -557,7 +567,7 @@ def report(
             print(f"{'  received-to-projected ' + name:<40}{latency[name]:>11.0f} ms{target}")
         print(f"{'  p99 of the later half of the events':<40}"
               f"{latency['p99 of the second half']:>11.0f} ms")
-        print(f"{'  peak RSS of the worker':<40}{latency['peak_rss']:>10.0f} MiB  < 300 MiB")
+        print(f"{'  peak RSS of one worker':<40}{latency['peak_rss']:>10.0f} MiB  < 300 MiB")
         print(f"{'  busy cores':<40}{latency['busy']:>14.1f}")
 
 

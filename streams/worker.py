@@ -8,6 +8,7 @@ import logging
 import sys
 
 import faust
+import uvloop
 
 from streams.app import create_app, worker_topics
 from streams.settings import Settings
@@ -20,6 +21,8 @@ def run_worker(settings: Settings, web_port: int | None = None) -> int:
     Returns the worker's exit code: 0 after SIGTERM or SIGINT, non-zero when an agent stopped
     it because a batch could not be settled.
     """
+    # Faust's worker and its consumer thread create their loops from this policy.
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.run(
         ensure_topics(
             settings.kafka_bootstrap_servers, worker_topics(settings), settings.topic_partitions
