@@ -30,14 +30,12 @@ INSERT INTO ops.event_log AS l (
 )
 SELECT e.event_id, e.type, %(family)s, e.object_id, e.account, e.livemode,
        to_timestamp(e.created), e.received_at, clock_timestamp(), e.status, e.deliveries,
-       e.attempts, e.source, e.topic, e.part, e.off
-FROM unnest(
-    %(event_ids)s::text[], %(types)s::text[], %(object_ids)s::text[], %(accounts)s::text[],
-    %(livemodes)s::boolean[], %(created)s::bigint[], %(received_at)s::timestamptz[],
-    %(statuses)s::text[], %(deliveries)s::int[], %(attempts)s::int[], %(sources)s::text[],
-    %(topics)s::text[], %(partitions)s::int[], %(offsets)s::bigint[]
-) AS e(event_id, type, object_id, account, livemode, created, received_at, status, deliveries,
-       attempts, source, topic, part, off)
+       %(attempts)s, e.source, e.topic, e."partition", e."offset"
+FROM json_to_recordset(%(events)s::json) AS e(
+    event_id text, type text, object_id text, account text, livemode boolean, created bigint,
+    received_at timestamptz, status text, deliveries int, source text, topic text,
+    "partition" int, "offset" bigint
+)
 ORDER BY e.event_id
 ON CONFLICT (event_id) DO UPDATE SET
     deliveries = l.deliveries + excluded.deliveries,
@@ -58,8 +56,7 @@ SELECT date_trunc('minute', now()), %(family)s, e.type, e.status, count(*), sum(
 FROM (
     SELECT u.type, u.status,
            greatest(0, extract(epoch FROM clock_timestamp() - u.received_at) * 1000) AS lag_ms
-    FROM unnest(%(types)s::text[], %(statuses)s::text[], %(received_at)s::timestamptz[])
-        AS u(type, status, received_at)
+    FROM json_to_recordset(%(events)s::json) AS u(type text, status text, received_at timestamptz)
 ) AS e
 GROUP BY e.type, e.status
 ORDER BY e.type, e.status
@@ -85,18 +82,18 @@ RETURNING id
 -- name: count_open_dead_letters
 SELECT count(*) FROM ops.dead_letters WHERE status = 'open'
 
--- name: column_types
-SELECT a.attname, format_type(a.atttypid, a.atttypmod)
+-- name: column_names
+SELECT a.attname
 FROM pg_attribute AS a
 WHERE a.attrelid = %(table)s::regclass AND a.attnum > 0 AND NOT a.attisdropped
 
 -- name: upsert_mirror
--- One array parameter per column, unnested into rows: no temporary table, so nothing to
--- truncate at commit. The guard makes the upsert reorder-safe: a row only ever moves to a
--- newer event. The result is each row's version before the upsert, from which the writer
--- tells stale events apart.
+-- The batch's rows arrive as one JSON array of objects keyed by column, unpacked into the
+-- table's row type: no temporary table, so nothing to truncate at commit. The guard makes the
+-- upsert reorder-safe: a row only ever moves to a newer event. The result is each row's version
+-- before the upsert, from which the writer tells stale events apart.
 WITH staged AS (
-    SELECT * FROM unnest({arrays}) AS s({columns})
+    SELECT {columns} FROM json_populate_recordset(NULL::{table}, %(rows)s::json)
 ), prior AS (
     SELECT t.id, t.last_event_created, t.last_event_offset
     FROM {table} AS t JOIN staged AS s ON s.id = t.id
