@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+
+from faust.types import TP, Message
+
 from streams.app import create_app
 from streams.settings import Settings
 from streams.transport import FETCH_MAX_WAIT_MS
@@ -20,3 +25,83 @@ async def test_the_worker_consumer_holds_an_empty_fetch_briefly() -> None:
 
     assert consumer._fetch_max_wait_ms == FETCH_MAX_WAIT_MS
     assert FETCH_MAX_WAIT_MS <= FAUST_FETCH_MAX_WAIT_MS / 10
+
+
+class Fetches:
+    """Stands in for the consumer's fetches: each call to getmany yields one batch of records."""
+
+    def __init__(self, *batches: list[tuple[TP, Message]]) -> None:
+        self.batches = list(batches)
+
+    async def getmany(self, **options: float) -> AsyncIterator[tuple[TP, Message]]:
+        for item in self.batches.pop(0):
+            yield item
+
+
+def _messages(topic: str, partition: int, offsets: range) -> list[tuple[TP, Message]]:
+    tp = TP(topic, partition)
+    return [
+        (tp, Message(topic, partition, offset, 0.0, 0, [], b"k", b"v", None, tp=tp))
+        for offset in offsets
+    ]
+
+
+class Fetcher:
+    """The fetcher service the drain loop watches: it stops once every fetch is consumed."""
+
+    def __init__(self, fetches: Fetches) -> None:
+        self.fetches = fetches
+
+    @property
+    def should_stop(self) -> bool:
+        return not self.fetches.batches
+
+
+async def test_the_consumer_delivers_every_fetched_message_in_order() -> None:
+    consumer = create_app(SETTINGS).consumer
+    fetches = Fetches(_messages("unit.events", 0, range(0, 250)),
+                      _messages("unit.events", 0, range(250, 260)))
+    delivered: list[int] = []
+
+    async def deliver(message: Message) -> None:
+        delivered.append(message.offset)
+
+    consumer.callback = deliver
+    consumer.getmany = fetches.getmany  # type: ignore[method-assign]
+    await asyncio.wait_for(consumer._drain_messages(Fetcher(fetches)), timeout=5)
+
+    assert delivered == list(range(260))
+    assert consumer._read_offset[TP("unit.events", 0)] == 259
+
+
+async def test_a_delivery_stuck_when_the_flow_is_suspended_is_abandoned() -> None:
+    """A rebalance suspends the flow: the fetch being delivered is dropped, the loop goes on.
+
+    Faust seeks back to the committed offsets afterwards, so the dropped messages come again.
+    """
+    consumer = create_app(SETTINGS).consumer
+    fetches = Fetches(_messages("unit.events", 0, range(0, 3)),
+                      _messages("unit.events", 1, range(0, 2)))
+    delivered: list[tuple[int, int]] = []
+    stuck = asyncio.Event()
+
+    async def deliver(message: Message) -> None:
+        if message.partition == 0 and message.offset == 1:
+            stuck.set()
+            await asyncio.Event().wait()
+        delivered.append((message.partition, message.offset))
+
+    async def rebalance() -> None:
+        await stuck.wait()
+        consumer.stop_flow()
+        await asyncio.sleep(0.01)
+        consumer.resume_flow()
+
+    consumer.callback = deliver
+    consumer.getmany = fetches.getmany  # type: ignore[method-assign]
+    await asyncio.wait_for(
+        asyncio.gather(consumer._drain_messages(Fetcher(fetches)), rebalance()), timeout=5
+    )
+
+    assert delivered == [(0, 0), (1, 0), (1, 1)]
+    assert consumer._read_offset[TP("unit.events", 0)] == 0
