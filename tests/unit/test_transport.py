@@ -9,7 +9,7 @@ from faust.types import TP, Message
 
 from streams.app import create_app
 from streams.settings import Settings
-from streams.transport import FETCH_MAX_WAIT_MS
+from streams.transport import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES
 
 SETTINGS = Settings.from_env({"STRIPE_STREAMS_TOPIC_PREFIX": "unit"})
 FAUST_FETCH_MAX_WAIT_MS = 1500
@@ -25,6 +25,14 @@ async def test_the_worker_consumer_holds_an_empty_fetch_briefly() -> None:
 
     assert consumer._fetch_max_wait_ms == FETCH_MAX_WAIT_MS
     assert FETCH_MAX_WAIT_MS <= FAUST_FETCH_MAX_WAIT_MS / 10
+
+
+async def test_the_worker_consumer_waits_for_a_worthwhile_fetch() -> None:
+    """One byte, aiokafka's default, made the worker fetch a handful of records at a time."""
+    app = create_app(SETTINGS)
+    consumer = app.consumer._thread._create_worker_consumer(app.transport)
+
+    assert consumer._fetch_min_bytes == FETCH_MIN_BYTES >= 16 * 1024
 
 
 class Fetches:
@@ -105,3 +113,4 @@ async def test_a_delivery_stuck_when_the_flow_is_suspended_is_abandoned() -> Non
 
     assert delivered == [(0, 0), (1, 0), (1, 1)]
     assert consumer._read_offset[TP("unit.events", 0)] == 0
+
