@@ -17,6 +17,7 @@ import faust
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from streams.agents import DEAD_LETTER_SUFFIX, WorkerRuntime, register_agents
+from streams.monitor import LivenessMonitor
 from streams.routing import FAMILIES
 from streams.settings import Settings
 from streams.transport import Transport
@@ -66,6 +67,7 @@ def create_app(
         # A worker that died (SIGKILL, lost host) hands its partitions over within seconds.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
+        Monitor=LivenessMonitor,
     )
     # Before anything asks the app for its transport (topics do): it bounds the fetch long-poll.
     app.transport = Transport(app.conf.broker_consumer, app)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import cast
 
-from faust.types import TP, Message
+from faust.types import TP, EventT, Message, StreamT
 
 from streams.app import create_app
+from streams.monitor import LivenessMonitor
 from streams.settings import Settings
 from streams.transport import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES
 
@@ -114,3 +116,16 @@ async def test_a_delivery_stuck_when_the_flow_is_suspended_is_abandoned() -> Non
     assert delivered == [(0, 0), (1, 0), (1, 1)]
     assert consumer._read_offset[TP("unit.events", 0)] == 0
 
+
+def test_the_worker_still_tells_faust_when_a_stream_last_took_an_event() -> None:
+    """Faust warns of a stalled stream from this time; the per-message statistics are gone."""
+    app = create_app(SETTINGS)
+    tp = TP("unit.events", 3)
+    message = _messages("unit.events", 3, range(7, 8))[0][1]
+
+    app.monitor.on_message_in(tp, 7, message)
+    app.monitor.on_stream_event_in(tp, 7, cast(StreamT, None), cast(EventT, None))
+
+    assert isinstance(app.monitor, LivenessMonitor)
+    assert app.monitor.stream_inbound_time[tp] > 0
+    assert app.monitor.messages_received_total == 0
