@@ -179,7 +179,7 @@ def register_agents(app: faust.App, settings: Settings, runtime: WorkerRuntime) 
 
 def _router(app: faust.App, settings: Settings, runtime: WorkerRuntime) -> Any:
     policy = runtime.policy(OTHER, projection=None)
-    size, within = settings.batch_size_for(ROUTER), settings.batch_timeout_for(ROUTER)
+    size, within = settings.batch_size, settings.router_batch_timeout_ms / 1000
 
     async def forward(routed: Sequence[tuple[str, Delivery]]) -> None:
         """Produce each message, unchanged, to its family topic; wait for every acknowledgement."""

@@ -265,6 +265,12 @@ class Settings:
     family_batch_timeouts_ms: Mapping[str, int] = family_setting(
         "STRIPE_STREAMS_BATCH_TIMEOUT_MS", "e.g. ..._CUSTOMERS", _positive_int
     )
+    router_batch_timeout_ms: int = setting(
+        "STRIPE_STREAMS_ROUTER_BATCH_TIMEOUT_MS", 20,
+        "Longest the router waits to fill a batch before forwarding it, milliseconds; every "
+        "event waits for it on top of its family agent's window.",
+        _positive_int,
+    )
     max_attempts: int = setting(
         "STRIPE_STREAMS_MAX_ATTEMPTS", 3,
         "Tries of a failing event before it is dead-lettered (outages are not counted).",

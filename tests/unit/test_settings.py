@@ -113,6 +113,17 @@ def test_a_family_override_applies_to_that_family_only() -> None:
     assert settings.batch_timeout_for("invoices") == settings.batch_timeout_ms / 1000
 
 
+def test_the_router_has_its_own_batch_window_shorter_than_the_families() -> None:
+    """Every event waits for the router's window and then its family's: the router's is short."""
+    defaults = Settings.from_env({})
+    tuned = Settings.from_env(
+        {"STRIPE_STREAMS_ROUTER_BATCH_TIMEOUT_MS": "5", "STRIPE_STREAMS_BATCH_TIMEOUT_MS": "80"}
+    )
+    assert defaults.router_batch_timeout_ms < defaults.batch_timeout_ms
+    assert tuned.router_batch_timeout_ms == 5
+    assert tuned.batch_timeout_for("customers") == 0.08
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "reason"),
     [
