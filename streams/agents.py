@@ -24,7 +24,7 @@ from typing import Any, cast
 import faust
 from aiokafka import AIOKafkaProducer
 from faust import Stream
-from faust.types import EventT
+from faust.types import EventT, Message
 from mode import Service
 
 from projections.database import connection, create_pool
@@ -39,6 +39,7 @@ from projections.writer import (
 from streams.codec import MARKER, DeadLetter, decode_event, encode_dead_letter, schemas
 from streams.dead_letters import DeadLetterPolicy, RetryPolicy, patiently
 from streams.errors import CodecError
+from streams.forwarding import forward
 from streams.handlers.registry import HandlerRegistry, load_handlers
 from streams.routing import FAMILIES, OTHER, route_event
 from streams.settings import Settings
@@ -181,24 +182,19 @@ def _router(app: faust.App, settings: Settings, runtime: WorkerRuntime) -> Any:
     policy = runtime.policy(OTHER, projection=None)
     size, within = settings.batch_size, settings.router_batch_timeout_ms / 1000
 
-    async def forward(routed: Sequence[tuple[str, Delivery]]) -> None:
-        """Produce each message, unchanged, to its family topic; wait for every acknowledgement."""
-        sent = [
-            await runtime.producer.send(topic, event.message.value, key=event.message.key)
-            for topic, event in routed
-        ]
-        await asyncio.gather(*sent)
-
     async def settle(events: Sequence[Delivery]) -> None:
-        routed: list[tuple[str, Delivery]] = []
+        routed: list[tuple[str, Message]] = []
         for event in events:
             try:
                 event_type = event_type_of(event.message.value or b"")
             except CodecError as exc:
                 await policy.dead_letter_undecodable(*_source_of(event), exc)
             else:
-                routed.append((settings.topic(route_event(event_type)), event))
-        await patiently(partial(forward, routed), runtime.retry, "forwarding events")
+                routed.append((settings.topic(route_event(event_type)), event.message))
+        await patiently(
+            partial(forward, runtime.producer, settings.topic(), routed),
+            runtime.retry, "forwarding events",
+        )
 
     async def route(stream: Stream[bytes]) -> None:
         async for events in _batches(stream, size, within):

@@ -9,11 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Sequence
-from typing import cast
 
 import faust
 import pytest
-from aiokafka import AIOKafkaProducer
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,25 +25,11 @@ from streams.errors import CodecError
 from streams.samples import EventFactory
 from streams.settings import Settings
 from tests.unit.test_codec import envelopes
+from tests.unit.test_forwarding import RecordingProducer
 
 SETTINGS = Settings.from_env(
     {"STRIPE_STREAMS_TOPIC_PREFIX": "unit", "STRIPE_STREAMS_BATCH_TIMEOUT_MS": "10"}
 )
-
-
-class RecordingProducer:
-    """Accepts every message at once and remembers it."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes | None, bytes]] = []
-
-    async def send(
-        self, topic: str, value: bytes, key: bytes | None = None
-    ) -> asyncio.Future[None]:
-        self.sent.append((topic, key, value))
-        acknowledged: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        acknowledged.set_result(None)
-        return acknowledged
 
 
 class FakeRuntime(WorkerRuntime):
@@ -54,7 +38,7 @@ class FakeRuntime(WorkerRuntime):
     def __init__(self, fail: Exception | None = None) -> None:
         super().__init__(SETTINGS)
         self.recording = RecordingProducer()
-        self._producer = cast(AIOKafkaProducer, self.recording)
+        self._producer = self.recording.producer()
         self.applied: list[tuple[str, ConsumedEvent]] = []
         self.letters: list[DeadLetter] = []
         self.fail = fail
@@ -120,7 +104,7 @@ async def test_the_router_forwards_each_message_unchanged_to_its_family_topic() 
         await until(lambda: len(runtime.recording.sent) == 3)
         await until(lambda: all(d.message.acked for d in delivered))
 
-    assert runtime.recording.sent == [
+    assert [(topic, key, value) for topic, _, key, value in runtime.recording.sent] == [
         ("unit.events.customers", messages[0].key, encode_event(messages[0])),
         ("unit.events.invoices", messages[1].key, encode_event(messages[1])),
         ("unit.events.other", messages[2].key, encode_event(messages[2])),
@@ -140,7 +124,7 @@ async def test_the_router_dead_letters_a_message_that_is_not_an_envelope() -> No
     [letter] = runtime.letters
     assert letter.error_type == "CodecError"
     assert (letter.source_topic, letter.source_offset) == ("unit.events", 0)
-    assert [topic for topic, _, _ in runtime.recording.sent] == ["unit.events.customers"]
+    assert [topic for topic, _, _, _ in runtime.recording.sent] == ["unit.events.customers"]
 
 
 async def test_a_family_agent_applies_batches_with_their_coordinates_then_acks_them() -> None:
