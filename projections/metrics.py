@@ -6,6 +6,7 @@ use exactly these.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -70,14 +71,16 @@ class WorkerMetrics:
         """Count a committed batch: outcomes, dead letters, its size and each event's lag."""
         now = time.time() if now is None else now
         self.batch_size.labels(family).observe(len(applied))
+        # One labelled child per distinct label set of the batch, not one lookup per event.
+        outcomes = collections.Counter((item.event.envelope.type, item.outcome) for item in applied)
+        for (event_type, outcome), count in outcomes.items():
+            self.events_processed.labels(family, event_type, outcome.value).inc(count)
+            if outcome is Outcome.DEAD_LETTERED:
+                self.dead_letters.labels(family, event_type).inc(count)
+        lag = self.event_lag.labels(family)
         for item in applied:
-            envelope = item.event.envelope
-            self.events_processed.labels(family, envelope.type, item.outcome.value).inc()
-            if item.outcome is Outcome.DEAD_LETTERED:
-                self.dead_letters.labels(family, envelope.type).inc()
             if item.outcome in _FIRST_OUTCOMES:
-                lag = max(0.0, now - envelope.received_at.timestamp())
-                self.event_lag.labels(family).observe(lag)
+                lag.observe(max(0.0, now - item.event.envelope.received_at.timestamp()))
 
     def track_consumer_lag(self, source: LagSource) -> None:
         """Export ``stripe_streams_consumer_lag`` from ``source``, read at every scrape."""
