@@ -27,15 +27,19 @@ CONNECTION_WAIT = 10.0
 _QUERY_NAME = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
 
 
-def create_pool(settings: Settings, *, max_size: int = 4) -> AsyncConnectionPool:
+def create_pool(
+    settings: Settings, *, max_size: int = 4, min_size: int = 1
+) -> AsyncConnectionPool:
     """Return a closed pool on ``settings.database_url``; open it with ``await pool.open()``.
+
+    The pool keeps ``min_size`` connections open from the moment it opens.
 
     The pool waits at most :data:`CONNECTION_WAIT` seconds for a connection, so an outage
     surfaces as :class:`DependencyUnavailable` instead of a hung agent.
     """
     return AsyncConnectionPool(
         settings.database_url,
-        min_size=1,
+        min_size=min_size,
         max_size=max_size,
         open=False,
         timeout=CONNECTION_WAIT,

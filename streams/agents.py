@@ -57,8 +57,8 @@ _OPEN_DEAD_LETTERS_INTERVAL = 15.0
 class WorkerRuntime(Service):
     """What the agents share: the handler registry, metrics, PostgreSQL pool and Kafka producer.
 
-    The pool and the producer open on first use, so an agent that gets partitions before the
-    app has finished starting still finds them; both close when the app stops.
+    The pool and the producer open as the runtime starts, or on first use if an agent gets
+    partitions before that; both close when the app stops.
     """
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
@@ -66,14 +66,21 @@ class WorkerRuntime(Service):
         self.settings = settings
         self.registry: HandlerRegistry = load_handlers()
         self.metrics = WorkerMetrics()
-        # One connection per family agent and one for dead letters and timers: no agent waits.
-        self.pool = create_pool(settings, max_size=len(FAMILIES) + 1)
+        # One connection per family agent and one for dead letters and timers, all opened at
+        # once: no agent waits, not even for its first connection.
+        connections = len(FAMILIES) + 1
+        self.pool = create_pool(settings, min_size=connections, max_size=connections)
         self.retry = RetryPolicy.from_settings(settings)
         self.next_offsets: dict[tuple[str, int], int] = {}
         self.consumer_lag: dict[tuple[str, int], int] = {}
         self.metrics.track_consumer_lag(lambda: self.consumer_lag)
         self._producer: AIOKafkaProducer | None = None
         self._opening = asyncio.Lock()
+
+    @Service.task
+    async def _open_early(self) -> None:
+        """Open the pool and start the producer as the worker starts, before the first batch."""
+        await self.ready()
 
     async def ready(self) -> None:
         """Open the pool and start the producer unless done already."""

@@ -11,6 +11,7 @@ import pytest
 
 from streams.codec import encode_event
 from streams.envelope import EventEnvelope
+from streams.routing import FAMILIES
 from streams.samples import EventFactory
 from streams.settings import Settings
 from tests.integration.test_projection_ordering import (
@@ -139,3 +140,22 @@ def test_the_largest_event_the_gateway_accepts_passes_the_router(
             (customer["id"],),
         ).fetchone()
     assert row == (notes,)
+
+
+def test_a_started_worker_holds_its_connections_before_the_first_event(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """One per family agent and one for dead letters: no first batch waits to connect."""
+    prepare_topics(settings)
+
+    def connections() -> int:
+        with psycopg.connect(settings.database_url) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name = 'stripe-streams'"
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    with WorkerProcess(settings, tmp_path) as worker:
+        wait_until(lambda: connections() == len(FAMILIES) + 1, 60, "the connections", [worker])
+    assert not logged_events(settings.database_url)
