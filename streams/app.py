@@ -68,6 +68,9 @@ def create_app(
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
         Monitor=LivenessMonitor,
+        # Messages held per partition ahead of its agent: two batches of the default size; Faust's
+        # 4,096 let a backlog of large events take gigabytes, and bought no throughput.
+        stream_buffer_maxsize=1024,
     )
     # Before anything asks the app for its transport (topics do): it bounds the fetch long-poll.
     app.transport = Transport(app.conf.broker_consumer, app)
