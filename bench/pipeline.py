@@ -22,7 +22,9 @@ with fresh topics and fresh databases (dropped afterwards). Measures:
   end of its batch's writes). Each rate runs ``--latency-repeats`` times on fresh topics; the
   run with the median p99 is reported, with every run's p99.
 
-The machine is shared: ``busy cores`` says how loaded it was during each measurement.
+The machine is shared: ``busy cores`` says how loaded it was during each measurement, and the
+latency runs add the CPU each process spent per event applied (gateway, workers, load
+generator, and the broker and PostgreSQL when they run on this machine).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -153,6 +155,32 @@ def busy_ticks() -> tuple[int, int]:
 def busy_cores_since(before: tuple[int, int]) -> float:
     busy, total = busy_ticks()
     return (os.cpu_count() or 1) * (busy - before[0]) / max(1, total - before[1])
+
+
+def cpu_ticks(roles: Mapping[str, Sequence[int]]) -> dict[str, int]:
+    """CPU ticks (user + system) spent so far by each role's processes.
+
+    The broker and PostgreSQL are found by their command lines, so services given by the
+    environment on this machine are counted too; on another host they count as zero.
+    """
+    ticks = dict.fromkeys([*roles, "broker", "postgres"], 0)
+    owner = {pid: role for role, pids in roles.items() for pid in pids}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        role = owner.get(int(entry.name))
+        if role is None and b"kafka.Kafka" in command:
+            role = "broker"
+        elif role is None and command[0].startswith(b"postgres"):
+            role = "postgres"
+        if role is not None:
+            ticks[role] += int(fields[11]) + int(fields[12])
+    return ticks
 
 
 def start(command: Sequence[str], env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
@@ -468,6 +496,9 @@ def measure_latency(
         wait_for_port(port, gateway)
         for worker_port in worker_ports:
             wait_for_worker(worker_port)
+        roles = {"gateway": [gateway.pid], "worker": [worker.pid for worker in running],
+                 "load generator": [os.getpid()]}
+        ticks_before = cpu_ticks(roles)
         cpu_before = busy_ticks()
         began = time.perf_counter()
         accepted = uvloop.run(offer(port, requests, rate, connections=48))
@@ -478,6 +509,7 @@ def measure_latency(
             time.sleep(0.2)
         peak = max([peak, *(rss_mib(worker.pid) for worker in running)])
         busy = busy_cores_since(cpu_before)
+        ticks = cpu_ticks(roles)
     finally:
         for worker in running:
             stop(worker)
@@ -494,6 +526,8 @@ def measure_latency(
         "p50": statistics.median(lags), "p95": percentile(lags, 0.95),
         "p99": percentile(lags, 0.99), "max": max(lags), "peak_rss": peak, "busy": busy,
         "p99 of the second half": percentile(second_half, 0.99),
+        **{f"cpu {role}": (ticks[role] - ticks_before[role]) / os.sysconf("SC_CLK_TCK")
+           * 1e6 / max(1, len(lags)) for role in ticks},
     }
 
 
@@ -581,6 +615,9 @@ def report(
               f"{latency['p99 of the second half']:>11.0f} ms")
         print(f"{'  peak RSS of one worker':<40}{latency['peak_rss']:>10.0f} MiB  < 300 MiB")
         print(f"{'  busy cores':<40}{latency['busy']:>14.1f}")
+        for name, value in latency.items():
+            if name.startswith("cpu "):
+                print(f"{'  CPU per event, ' + name[4:]:<40}{value:>11.0f} us")
 
 
 if __name__ == "__main__":
