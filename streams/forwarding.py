@@ -33,10 +33,11 @@ async def forward(
             counts[topic] = len(await producer.partitions_for(topic))
         return counts[topic]
 
+    source_count = await partition_count(source)
     same_partition: dict[tuple[str, int], list[Message]] = defaultdict(list)
     sent: list[asyncio.Future[Any]] = []
     for topic, message in routed:
-        if await partition_count(topic) == await partition_count(source):
+        if await partition_count(topic) == source_count:
             same_partition[(topic, message.partition)].append(message)
         else:
             sent.append(await producer.send(topic, message.value, key=message.key))
