@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from decimal import Decimal
 from enum import StrEnum
 from functools import cache
 from typing import Any
@@ -20,12 +21,18 @@ from typing import Any
 import orjson
 import psycopg
 from psycopg import AsyncConnection, AsyncCursor, sql
+from psycopg.errors import ProgramLimitExceeded
 from psycopg.types.json import Json, Jsonb
 
 from projections.database import queries
 from streams.codec import DeadLetter
-from streams.envelope import EventEnvelope
-from streams.errors import StreamsError
+from streams.envelope import (
+    EARLIEST_CREATED,
+    LATEST_CREATED,
+    MAX_ID_LENGTH,
+    EventEnvelope,
+)
+from streams.errors import InvalidEvent, StreamsError
 from streams.handlers.registry import HandlerRegistry, MirrorRow, Projection
 
 MIRROR_SCHEMA = "stripe"
@@ -107,11 +114,12 @@ class BatchRejected(StreamsError):
 
 @dataclass
 class _Candidate:
-    """A fresh event to project, and which of its rows it moved forward in log order."""
+    """A fresh event to project, its rows staged as JSON, and which rows it moved forward."""
 
     event: ConsumedEvent
     projection: Projection | None
     deliveries: int
+    staged: tuple[tuple[str, bytes], ...] = ()
     advanced: set[tuple[str, str]] = field(default_factory=set)
 
     def outcome(self) -> Outcome:
@@ -165,8 +173,9 @@ async def apply_batch(
     position plus one and never beyond an event that is not applied yet.
 
     Raises :class:`EventRejected` naming the event whose handler or rows failed and
-    :class:`BatchRejected` when PostgreSQL refuses data it cannot attribute; other database
-    errors pass through for the caller to classify. Nothing is committed when it raises.
+    :class:`BatchRejected` when PostgreSQL refuses data it cannot attribute (a value out of a
+    column's range, a NUL character, an entry too large for an index); other database errors
+    pass through for the caller to classify. Nothing is committed when it raises.
     ``conn`` must be idle (not inside a transaction).
     """
     if not events:
@@ -182,7 +191,7 @@ async def apply_batch(
             return await _apply(
                 conn, family, projection or family, events, registry, columns, attempts
             )
-    except (psycopg.DataError, psycopg.IntegrityError) as exc:
+    except (psycopg.DataError, psycopg.IntegrityError, ProgramLimitExceeded) as exc:
         raise BatchRejected(exc) from exc
 
 
@@ -200,8 +209,11 @@ async def record_dead_letter(
     the same message twice adds nothing), its ``ops.event_log`` record with status
     ``dead_lettered``, the stats and, for a ``projection``, the position past it. Writes nothing
     when the message is recorded already or that position covers it (another worker recorded
-    it first). The router, which projects nothing, passes ``projection=None``.
+    it first). The router, which projects nothing, passes ``projection=None``. An envelope
+    field the ops tables cannot hold (see :meth:`EventEnvelope.check`) is recorded as a
+    placeholder; the dead-letter topic and the payload keep the event as it was.
     """
+    event = _loggable(event)
     async with conn.transaction():
         if projection is not None:
             locking = await _lock_positions(conn, projection, [event])
@@ -263,7 +275,7 @@ async def _apply(
     plan = BatchPlan(fresh, logged, registry)
     upserts = [
         await _upsert_rows(conn, table, columns[table], rows)
-        for table, rows in plan.newest_rows().items()
+        for table, rows in plan.staged_rows().items()
     ]
     prior = {
         (table, str(row_id)): (int(created), int(offset))
@@ -312,22 +324,17 @@ class BatchPlan:
         self.duplicates: list[EventRecord] = list(known.values())
         """Event-log records of ids logged before: each counts its deliveries, nothing else."""
 
-    def newest_rows(self) -> dict[str, list[tuple[MirrorRow, ConsumedEvent]]]:
-        """Per table, each row as the newest event of the batch shows it.
+    def staged_rows(self) -> dict[str, list[bytes]]:
+        """Per table, the staged rows of every candidate, each a JSON object.
 
-        One statement cannot update a row twice, and the guarded upsert would keep only the
-        newest anyway.
+        All of them go to PostgreSQL, which converts each to the table's row type (so it
+        refuses a bad row even when a newer event of the same object follows in the batch) and
+        upserts only the newest row per id.
         """
-        winners: dict[tuple[str, str], tuple[MirrorRow, ConsumedEvent]] = {}
+        tables: dict[str, list[bytes]] = defaultdict(list)
         for candidate in self.candidates:
-            for row in candidate.projection.rows if candidate.projection else ():
-                key = (row.table, row.id)
-                current = winners.get(key)
-                if current is None or current[1].version < candidate.event.version:
-                    winners[key] = (row, candidate.event)
-        tables: dict[str, list[tuple[MirrorRow, ConsumedEvent]]] = defaultdict(list)
-        for row, event in winners.values():
-            tables[row.table].append((row, event))
+            for table, staged in candidate.staged:
+                tables[table].append(staged)
         return tables
 
     def settle(self, prior: Mapping[tuple[str, str], tuple[int, int]]) -> list[EventRecord]:
@@ -356,30 +363,39 @@ def _project(event: ConsumedEvent, registry: HandlerRegistry, deliveries: int) -
     registered = registry.lookup(event.envelope.type)
     if registered is None:
         return _Candidate(event, None, deliveries)
+    # Whatever fails between the payload and the JSON sent to PostgreSQL (parsing, the
+    # handler, converting a value) is this event's failure, never the batch's.
     try:
         projection = registered.handle(orjson.loads(event.envelope.payload))
+        _check_child_sets(projection)
+        staged = tuple((row.table, _dumps(_staged_row(row, event))) for row in projection.rows)
     except Exception as exc:
         raise EventRejected(event, registered.name, exc) from exc
+    return _Candidate(event, projection, deliveries, staged)
+
+
+def _check_child_sets(projection: Projection) -> None:
     row_ids = {row.id for row in projection.rows}
     for child_set in projection.child_sets:
         if child_set.parent_id not in row_ids:
-            problem = ValueError(
+            raise ValueError(
                 f"the list of {child_set.table} names parent {child_set.parent_id}, "
                 "which is not among the event's rows"
             )
-            raise EventRejected(event, registered.name, problem)
-    return _Candidate(event, projection, deliveries)
 
 
 async def _upsert_rows(
-    conn: AsyncConnection[Any],
-    table: str,
-    columns: tuple[str, ...],
-    rows: Sequence[tuple[MirrorRow, ConsumedEvent]],
+    conn: AsyncConnection[Any], table: str, columns: tuple[str, ...], rows: Sequence[bytes]
 ) -> tuple[str, AsyncCursor[Any]]:
-    """Send the upsert of the rows newer than the table's; its result is their prior versions."""
-    staged = _json([_staged_row(row, event) for row, event in rows])
-    return table, await conn.execute(_upsert_statement(table, columns), {"rows": staged})
+    """Send the upsert of the staged rows; its result is the prior versions of the rows."""
+    document = b"[" + b",".join(rows) + b"]"
+    return table, await conn.execute(
+        _upsert_statement(table, columns), {"rows": Json(document, dumps=_as_is)}
+    )
+
+
+def _as_is(document: bytes) -> bytes:
+    return document
 
 
 @cache
@@ -427,6 +443,9 @@ def _dumps(value: Any) -> bytes:
 def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return dict(value)
+    if isinstance(value, Decimal):
+        # A JSON string keeps every digit; PostgreSQL reads it into numeric exactly.
+        return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
@@ -574,7 +593,37 @@ async def _written_columns(
 
 
 def _payload(envelope: EventEnvelope) -> Any:
+    # jsonb cannot hold a NUL character, while the JSON text escapes it harmlessly.
+    if "\\u0000" in envelope.payload:
+        return {"unparsed_payload": envelope.payload}
     try:
         return json.loads(envelope.payload)
     except ValueError:
         return {"unparsed_payload": envelope.payload}
+
+
+def _loggable(event: ConsumedEvent) -> ConsumedEvent:
+    """The event with every envelope field the ops tables cannot hold replaced."""
+    envelope = event.envelope
+    try:
+        envelope.check()
+    except InvalidEvent:
+        placeholder = "invalid:{}:{}:{}".format(*event.coordinates)
+
+        def storable(value: str) -> str:
+            return placeholder if len(value) > MAX_ID_LENGTH or "\x00" in value else value
+
+        created = envelope.created
+        if not EARLIEST_CREATED <= created <= LATEST_CREATED:
+            created = int(envelope.received_at.timestamp())
+        account = envelope.account
+        envelope = replace(
+            envelope,
+            id=storable(envelope.id),
+            type=storable(envelope.type),
+            object_id=storable(envelope.object_id),
+            account=storable(account) if account is not None else None,
+            created=created,
+        )
+        return replace(event, envelope=envelope)
+    return event

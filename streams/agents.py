@@ -38,7 +38,7 @@ from projections.writer import (
 )
 from streams.codec import MARKER, DeadLetter, decode_event, encode_dead_letter, schemas
 from streams.dead_letters import DeadLetterPolicy, RetryPolicy, patiently
-from streams.errors import CodecError
+from streams.errors import CodecError, InvalidEvent
 from streams.forwarding import forward
 from streams.handlers.registry import HandlerRegistry, load_handlers
 from streams.routing import FAMILIES, OTHER, route_event
@@ -225,7 +225,7 @@ def _projector(
     size, within = settings.batch_size_for(family), settings.batch_timeout_for(family)
 
     async def settle(events: Sequence[Delivery]) -> list[AppliedEvent]:
-        """Apply the batch in log order, dead-lettering in place messages that do not decode."""
+        """Apply the batch in log order, dead-lettering in place messages that are no event."""
         applied: list[AppliedEvent] = []
         run: list[ConsumedEvent] = []
         for event, decoded in _decode(events):
@@ -234,7 +234,10 @@ def _projector(
                 continue
             applied.extend(await policy.apply(run))
             run = []
-            applied.append(await policy.dead_letter_undecodable(*_source_of(event), decoded))
+            if isinstance(decoded, CodecError):
+                applied.append(await policy.dead_letter_undecodable(*_source_of(event), decoded))
+            else:
+                applied.append(await policy.dead_letter_invalid(*decoded))
         applied.extend(await policy.apply(run))
         return applied
 
@@ -296,17 +299,27 @@ def _varint(message: bytes, position: int) -> tuple[int, int]:
         shift += 7
 
 
-def _decode(events: Sequence[Delivery]) -> list[tuple[Delivery, ConsumedEvent | CodecError]]:
-    """Each Faust event with its decoded envelope and coordinates, or why it does not decode."""
-    decoded: list[tuple[Delivery, ConsumedEvent | CodecError]] = []
+Decoded = ConsumedEvent | CodecError | tuple[ConsumedEvent, InvalidEvent]
+"""An event ready to apply, a message that does not decode, or an envelope nothing can store."""
+
+
+def _decode(events: Sequence[Delivery]) -> list[tuple[Delivery, Decoded]]:
+    """Each Faust event with its decoded envelope and coordinates, or why it is no event."""
+    decoded: list[tuple[Delivery, Decoded]] = []
     for event in events:
         message = event.message
         try:
             envelope = decode_event(message.value or b"")
         except CodecError as exc:
             decoded.append((event, exc))
+            continue
+        consumed = ConsumedEvent(envelope, message.topic, message.partition, message.offset)
+        try:
+            # The log may hold envelopes appended before the gateway refused them.
+            envelope.check()
+        except InvalidEvent as exc:
+            decoded.append((event, (consumed, exc)))
         else:
-            consumed = ConsumedEvent(envelope, message.topic, message.partition, message.offset)
             decoded.append((event, consumed))
     return decoded
 

@@ -95,7 +95,9 @@ def _decode(schema: AvroSchema, message: bytes) -> dict[str, Any]:
     body = io.BytesIO(message[HEADER_SIZE:])
     try:
         record = fastavro.schemaless_reader(body, schema.parsed, None)
-    except (EOFError, StopIteration, ValueError, IndexError, UnicodeDecodeError) as exc:
+    except Exception as exc:
+        # Whatever fastavro trips over in foreign bytes (a short read, a date out of range, a
+        # bad varint) is this message's fault, never the reader's.
         raise CodecError(f"truncated or corrupt {schema.name} message: {exc!r}") from None
     if body.read(1) or not isinstance(record, dict):
         raise CodecError(f"{schema.name} message has trailing bytes after the record")
@@ -110,7 +112,10 @@ def encode_event(envelope: EventEnvelope) -> bytes:
 
 
 def _envelope_of(record: dict[str, Any]) -> EventEnvelope:
-    record["source"] = EventSource(record["source"])
+    try:
+        record["source"] = EventSource(record["source"])
+    except ValueError:
+        raise CodecError(f"StripeEvent has an unknown source {record['source']!r}") from None
     return EventEnvelope(**record)
 
 

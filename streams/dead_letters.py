@@ -30,6 +30,7 @@ from projections.writer import (
 )
 from streams.codec import DeadLetter
 from streams.envelope import EventEnvelope, EventSource
+from streams.errors import InvalidEvent
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,13 @@ class DeadLetterPolicy:
         event = ConsumedEvent(envelope, topic, partition, offset)
         now = datetime.now(UTC)
         return await self._dead_letter(event, "decode", error, attempts=1, first_failed_at=now)
+
+    async def dead_letter_invalid(
+        self, event: ConsumedEvent, error: InvalidEvent
+    ) -> AppliedEvent:
+        """Dead-letter an envelope whose fields no table can hold (trying again cannot help)."""
+        now = datetime.now(UTC)
+        return await self._dead_letter(event, "validate", error, attempts=1, first_failed_at=now)
 
     async def _settle(self, events: list[ConsumedEvent], results: list[AppliedEvent]) -> None:
         pending = events

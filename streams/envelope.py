@@ -11,6 +11,13 @@ from typing import Any
 from streams.errors import InvalidEvent
 
 THIN_EVENT_OBJECT = "v2.core.event"
+MAX_ID_LENGTH = 255
+"""Longest event id, event type, object id or account the log accepts (Stripe's ids are shorter).
+
+PostgreSQL indexes these columns, and an index entry cannot exceed about 2.7 KB."""
+EARLIEST_CREATED = int(datetime(1, 1, 1, tzinfo=UTC).timestamp())
+LATEST_CREATED = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp())
+"""``created`` must lie in years 1 to 9999: what both Python and PostgreSQL can hold."""
 
 
 class EventSource(StrEnum):
@@ -90,7 +97,7 @@ class EventEnvelope:
             raise InvalidEvent("'object' is neither 'event' nor 'v2.core.event'")
         account = event.get("account") or event.get("context")
         api_version = event.get("api_version")
-        return cls(
+        envelope = cls(
             id=event_id,
             type=event_type,
             object_id=object_id,
@@ -104,6 +111,30 @@ class EventEnvelope:
             received_at=received_at or datetime.now(UTC),
             payload=payload,
         )
+        envelope.check()
+        return envelope
+
+    def check(self) -> None:
+        """Raise InvalidEvent unless every field can be stored, indexed and converted.
+
+        The gateway, and everything else that appends to the log, refuses such an event; a
+        worker dead-letters one that reached the log before this check existed.
+        """
+        for name in ("id", "type", "object_id", "account"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if len(value) > MAX_ID_LENGTH:
+                raise InvalidEvent(
+                    f"event {name} is {len(value)} characters long; at most {MAX_ID_LENGTH} "
+                    "are accepted"
+                )
+            if "\x00" in value:
+                raise InvalidEvent(f"event {name} contains a NUL character")
+        if not EARLIEST_CREATED <= self.created <= LATEST_CREATED:
+            raise InvalidEvent(
+                f"event 'created' {self.created} is not a time between years 1 and 9999"
+            )
 
     @property
     def key(self) -> bytes:

@@ -21,6 +21,7 @@ from ingest.signature import signature_header
 from streams.codec import decode_event
 from streams.envelope import EventEnvelope, EventSource
 from streams.settings import Secret, Settings
+from tests.odd_events import OddEvent, corpus
 
 DEFAULT = Secret("whsec_unit_default")
 ROTATED = Secret("whsec_unit_rotated")
@@ -208,7 +209,7 @@ async def test_bad_signatures_are_answered_400_with_a_reason_and_write_nothing(
         (stripe_event(type=None), "no 'type'"),
         (stripe_event(created="yesterday"), "no integer 'created'"),
         (stripe_event(data={}), "no 'data.object'"),
-        (stripe_event(created=2**63), "cannot be written to the log"),
+        (stripe_event(created=2**63), "between years 1 and 9999"),
         (stripe_event(id="evt_\ud800"), "not JSON"),
     ],
 )
@@ -406,3 +407,19 @@ def test_signed_fuzzed_bodies_get_200_or_400_and_only_200s_are_written(body: byt
         assert response.json()["id"] == envelope.id
     else:
         assert log.appended == []
+
+
+@pytest.mark.parametrize("odd", corpus(), ids=lambda odd: odd.name)
+async def test_odd_but_authentic_events_are_logged_or_refused_as_malformed(
+    client: httpx.AsyncClient, log: MemoryLog, gateway: Gateway, odd: OddEvent
+) -> None:
+    response = await client.post("/webhooks/stripe", content=odd.body, headers=signed(odd.body))
+
+    assert response.status_code == odd.gateway_status, response.text
+    if odd.gateway_status == 200:
+        [(_, message)] = log.appended
+        assert decode_event(message).payload == odd.body.decode()
+    else:
+        assert log.appended == []
+        assert outcome_count(gateway, "default", "malformed") == 1
+        assert len(response.json()["error"]) < 200
