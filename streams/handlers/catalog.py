@@ -2,6 +2,9 @@
 
 Stripe sends ``plan.*`` beside ``price.*`` for a recurring price, with the same id but the older
 plan shape, so plans get their own ``plans`` table instead of overwriting the price rows.
+``product.deleted``, ``price.deleted``, ``plan.deleted`` and ``coupon.deleted`` mean Stripe
+deleted the object itself, so their rows are marked deleted; a deleted coupon or plan still
+applies where it was already applied, but nothing new can use it.
 """
 
 from __future__ import annotations
@@ -86,25 +89,25 @@ PROMOTION_CODES = Mirror.declare(
 )
 
 
-@REGISTRY.handles("catalog", "product.created", "product.updated", "product.deleted")
+@REGISTRY.handles("catalog", "product.created", "product.updated", deletes=("product.deleted",))
 def product_changed(event: Event) -> Projection:
     """Mirror the product."""
     return PRODUCTS.project(event)
 
 
-@REGISTRY.handles("catalog", "price.created", "price.updated", "price.deleted")
+@REGISTRY.handles("catalog", "price.created", "price.updated", deletes=("price.deleted",))
 def price_changed(event: Event) -> Projection:
     """Mirror the price."""
     return PRICES.project(event)
 
 
-@REGISTRY.handles("catalog", "plan.created", "plan.updated", "plan.deleted")
+@REGISTRY.handles("catalog", "plan.created", "plan.updated", deletes=("plan.deleted",))
 def plan_changed(event: Event) -> Projection:
     """Mirror the plan (the legacy view of a recurring price)."""
     return PLANS.project(event)
 
 
-@REGISTRY.handles("catalog", "coupon.created", "coupon.updated", "coupon.deleted")
+@REGISTRY.handles("catalog", "coupon.created", "coupon.updated", deletes=("coupon.deleted",))
 def coupon_changed(event: Event) -> Projection:
     """Mirror the coupon."""
     return COUPONS.project(event)

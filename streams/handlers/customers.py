@@ -1,7 +1,9 @@
 """Customers: ``customer.created``, ``customer.updated`` and ``customer.deleted``.
 
+``customer.deleted`` means Stripe deleted the customer for good, so its row is marked deleted.
 ``customer.discount.*``, ``customer.source.*`` and ``customer.tax_id.*`` travel on the customers
-topic too but carry other objects; they are recorded as unhandled.
+topic too but carry other objects; they are recorded as unhandled (the ``*.deleted`` ones
+explicitly, below).
 """
 
 from __future__ import annotations
@@ -22,7 +24,26 @@ CUSTOMERS = Mirror.declare(
 )
 
 
-@REGISTRY.handles("customers", "customer.created", "customer.updated", "customer.deleted")
+@REGISTRY.handles(
+    "customers", "customer.created", "customer.updated", deletes=("customer.deleted",)
+)
 def customer_changed(event: Event) -> Projection:
     """Mirror the customer; ``customer.deleted`` marks it deleted."""
     return CUSTOMERS.project(event)
+
+
+REGISTRY.leaves_unhandled(
+    "customers",
+    "customer.discount.deleted",
+    reason="carries the discount removed from a customer, who lives on",
+)
+REGISTRY.leaves_unhandled(
+    "customers",
+    "customer.source.deleted",
+    reason="carries a card, bank account or source removed from a customer, who lives on",
+)
+REGISTRY.leaves_unhandled(
+    "customers",
+    "customer.tax_id.deleted",
+    reason="carries a tax ID deleted from a customer, who lives on; tax IDs are not mirrored",
+)

@@ -3,7 +3,9 @@
 Newer API versions moved ``invoice.subscription`` and ``invoiceitem.subscription`` under
 ``parent.subscription_details``; both shapes are read. ``invoice.upcoming`` previews an invoice
 that does not exist yet (it has no id), and ``invoice_payment.paid`` carries another object: both
-are recorded as unhandled.
+are recorded as unhandled. Stripe deletes only draft invoices (finalized ones are voided) and
+invoice items not yet on a finalized invoice: ``invoice.deleted`` and ``invoiceitem.deleted``
+mark the row deleted.
 """
 
 from __future__ import annotations
@@ -86,7 +88,6 @@ CREDIT_NOTES = Mirror.declare(
     "invoices",
     "invoice.created",
     "invoice.updated",
-    "invoice.deleted",
     "invoice.finalized",
     "invoice.finalization_failed",
     "invoice.sent",
@@ -100,13 +101,14 @@ CREDIT_NOTES = Mirror.declare(
     "invoice.overpaid",
     "invoice.marked_uncollectible",
     "invoice.voided",
+    deletes=("invoice.deleted",),
 )
 def invoice_changed(event: Event) -> Projection:
     """Mirror the invoice; ``invoice.deleted`` (a deleted draft) marks it deleted."""
     return INVOICES.project(event)
 
 
-@REGISTRY.handles("invoices", "invoiceitem.created", "invoiceitem.deleted")
+@REGISTRY.handles("invoices", "invoiceitem.created", deletes=("invoiceitem.deleted",))
 def invoice_item_changed(event: Event) -> Projection:
     """Mirror the invoice item."""
     return INVOICE_ITEMS.project(event)

@@ -30,6 +30,7 @@ class StripeObject:
     event_type: str
     fields: Mapping[str, Any]
     path: str = "data.object"
+    deleted_by_event: bool = False
 
     @classmethod
     def of(cls, event: Event, object_type: str) -> StripeObject:
@@ -40,7 +41,7 @@ class StripeObject:
         fields = data.get("object") if isinstance(data, Mapping) else None
         if not isinstance(fields, Mapping):
             raise HandlerError(f"event {event_id} ({event_type}): data.object is not an object")
-        found = cls(event_id, event_type, fields)
+        found = cls(event_id, event_type, fields, deleted_by_event=REGISTRY.deletes(event_type))
         found.require_type(object_type)
         return found
 
@@ -54,8 +55,13 @@ class StripeObject:
 
     @property
     def deleted(self) -> bool:
-        """Whether the object no longer exists: a ``*.deleted`` event or a deleted stub."""
-        return self.event_type.endswith(".deleted") or self.fields.get("deleted") is True
+        """Whether the object no longer exists in Stripe.
+
+        True for a deleted stub (``"deleted": true``) and for the ``data.object`` of an event
+        type registered as deleting it; objects listed inside it (a subscription's items, say)
+        are deleted only by their own stub.
+        """
+        return self.deleted_by_event or self.fields.get("deleted") is True
 
     def require_type(self, object_type: str) -> None:
         """Raise HandlerError unless this is a ``object_type`` object with an id."""
@@ -224,7 +230,7 @@ class Mirror:
         MIRRORS[name] = mirror
         return mirror
 
-    def row(self, obj: StripeObject, *, deleted: bool | None = None) -> MirrorRow:
+    def row(self, obj: StripeObject) -> MirrorRow:
         """Return the row of ``obj``; deleted when the object or the event says so."""
         obj.require_type(self.object_type)
         return MirrorRow(
@@ -232,7 +238,7 @@ class Mirror:
             id=obj.id,
             data=obj.fields,
             columns={name: field.read(obj) for name, field in self.fields.items()},
-            deleted=obj.deleted if deleted is None else deleted,
+            deleted=obj.deleted,
         )
 
     def project(self, event: Event) -> Projection:

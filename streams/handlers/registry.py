@@ -3,6 +3,10 @@
 A family module declares its mirror tables and registers one handler per group of event types;
 handlers are pure functions from a parsed Stripe event to the rows it projects, importing no
 Kafka and no database. Writers read the registry to know which columns each table has.
+
+The registry also holds what each event type means for the object it carries: a registration
+names the types whose event says Stripe deleted the object, and a family records the types its
+topic carries that it leaves unhandled, with the reason.
 """
 
 from __future__ import annotations
@@ -67,18 +71,31 @@ Handler = Callable[[Event], Projection]
 
 @dataclass(frozen=True, slots=True)
 class RegisteredHandler:
-    """A handler with the family it belongs to and a name for errors and dead letters."""
+    """A handler with the family it belongs to and a name for errors and dead letters.
+
+    ``deletes`` is true when an event of this type says Stripe deleted the object it carries.
+    """
 
     family: str
     name: str
     handle: Handler
+    deletes: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UnhandledType:
+    """An event type a family's topic carries but that projects nothing, and why."""
+
+    family: str
+    reason: str
 
 
 @dataclass
 class HandlerRegistry:
-    """Event type to handler, and table name to mirror table, for every family module."""
+    """Event type to handler (or to why it has none), and table name to mirror table."""
 
     _handlers: dict[str, RegisteredHandler] = field(default_factory=dict)
+    _unhandled: dict[str, UnhandledType] = field(default_factory=dict)
     _tables: dict[str, MirrorTable] = field(default_factory=dict)
 
     def table(self, name: str, *columns: str) -> MirrorTable:
@@ -89,23 +106,44 @@ class HandlerRegistry:
         self._tables[name] = declared
         return declared
 
-    def handles(self, family: str, *event_types: str) -> Callable[[Handler], Handler]:
-        """Register the decorated pure function as the handler of these event types."""
+    def handles(
+        self, family: str, *event_types: str, deletes: tuple[str, ...] = ()
+    ) -> Callable[[Handler], Handler]:
+        """Register the decorated pure function as the handler of these event types.
+
+        Types in ``deletes`` are handled too, and their events mark the object deleted: list
+        there only the types whose event means the object no longer exists in Stripe.
+        """
 
         def register(handler: Handler) -> Handler:
-            for event_type in event_types:
-                if event_type in self._handlers:
-                    raise ValueError(f"event type {event_type!r} has two handlers")
+            name = f"{family}.{handler.__name__}"
+            for event_type in (*event_types, *deletes):
+                self._claim(event_type)
                 self._handlers[event_type] = RegisteredHandler(
-                    family, f"{family}.{handler.__name__}", handler
+                    family, name, handler, deletes=event_type in deletes
                 )
             return handler
 
         return register
 
+    def leaves_unhandled(self, family: str, *event_types: str, reason: str) -> None:
+        """Record event types ``family``'s topic carries but deliberately does not project."""
+        for event_type in event_types:
+            self._claim(event_type)
+            self._unhandled[event_type] = UnhandledType(family, reason)
+
+    def _claim(self, event_type: str) -> None:
+        if event_type in self._handlers or event_type in self._unhandled:
+            raise ValueError(f"event type {event_type!r} is declared twice")
+
     def lookup(self, event_type: str) -> RegisteredHandler | None:
         """Return the handler of an event type, or None when the type is not projected."""
         return self._handlers.get(event_type)
+
+    def deletes(self, event_type: str) -> bool:
+        """Whether an event of this type says Stripe deleted the object it carries."""
+        registered = self._handlers.get(event_type)
+        return registered is not None and registered.deletes
 
     @property
     def tables(self) -> Mapping[str, MirrorTable]:
@@ -116,6 +154,11 @@ class HandlerRegistry:
     def event_types(self) -> Mapping[str, RegisteredHandler]:
         """Every registered event type and its handler."""
         return self._handlers
+
+    @property
+    def unhandled_types(self) -> Mapping[str, UnhandledType]:
+        """Every event type recorded as left unhandled, with its family and reason."""
+        return self._unhandled
 
 
 REGISTRY = HandlerRegistry()

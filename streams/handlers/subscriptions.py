@@ -6,6 +6,10 @@ subscription, one ``subscription_items`` row per item and, when the list is comp
 moved ``current_period_start``/``current_period_end`` onto the items; for such subscriptions the
 subscription's period runs from its items' latest period start to their earliest period end
 (identical bounds unless items renew on different cycles).
+
+``customer.subscription.deleted`` ends a subscription, which Stripe keeps with status
+``canceled`` (Stripe never deletes a subscription), so it is projected like any update and
+neither the subscription nor its items are marked deleted.
 """
 
 from __future__ import annotations
@@ -100,6 +104,7 @@ SUBSCRIPTION_SCHEDULES = Mirror.declare(
     "subscriptions",
     "customer.subscription.created",
     "customer.subscription.updated",
+    # Ends the subscription, which Stripe keeps as canceled: not in ``deletes``.
     "customer.subscription.deleted",
     "customer.subscription.paused",
     "customer.subscription.resumed",
@@ -108,16 +113,13 @@ SUBSCRIPTION_SCHEDULES = Mirror.declare(
     "customer.subscription.pending_update_expired",
 )
 def subscription_changed(event: Event) -> Projection:
-    """Mirror the subscription and its items; items of a deleted subscription are deleted too."""
+    """Mirror the subscription and its items."""
     subscription = StripeObject.of(event, "subscription")
     row = SUBSCRIPTIONS.row(subscription)
     item_rows = tuple(
         # An item listed by a subscription belongs to it, whatever the item's own field says.
         replace(item, columns={**item.columns, "subscription": row.id})
-        for item in (
-            SUBSCRIPTION_ITEMS.row(child, deleted=row.deleted)
-            for child in subscription.children(ITEMS, "subscription_item")
-        )
+        for item in map(SUBSCRIPTION_ITEMS.row, subscription.children(ITEMS, "subscription_item"))
     )
     complete = (
         subscription.value(ITEMS) is not None

@@ -153,13 +153,6 @@ def test_item_belongs_to_the_subscription_listing_it() -> None:
     assert item_row.columns["subscription"] == subscription["id"]
 
 
-def test_deleted_subscription_and_its_items_are_marked_deleted() -> None:
-    subscription = _fixture("subscription", status="canceled")
-    projection = _project("customer.subscription.deleted", subscription)
-    assert [row.deleted for row in projection.rows] == [True, True]
-    assert projection.rows[0].columns["status"] == "canceled"
-
-
 def test_subscription_schedule_columns() -> None:
     row = _only_row("subscription_schedule.created", _fixture("subscription_schedule"))
     assert row.table == "subscription_schedules"

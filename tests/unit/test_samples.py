@@ -85,8 +85,8 @@ def test_lifecycle_references_agree_and_end_in_the_expected_tables() -> None:
     assert len(by_table["invoices"]) == len(by_table["charges"]) == 2
     assert card.columns["customer"] == customer.id
     assert subscription.columns["customer"] == customer.id
-    assert subscription.columns["status"] == "canceled" and subscription.deleted
-    assert item.columns["subscription"] == subscription.id and item.deleted
+    assert subscription.columns["status"] == "canceled" and not subscription.deleted
+    assert item.columns["subscription"] == subscription.id and not item.deleted
     assert subscription.columns["current_period_end"] == item.columns["current_period_end"]
     for invoice in by_table["invoices"]:
         assert invoice.columns["subscription"] == subscription.id
