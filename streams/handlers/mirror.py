@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from streams.envelope import EARLIEST_CREATED, LATEST_CREATED
 from streams.errors import HandlerError
 from streams.handlers.registry import REGISTRY, Event, MirrorRow, MirrorTable, Projection
 
@@ -143,6 +144,14 @@ def _is_integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_bigint(value: Any) -> bool:
+    return _is_integer(value) and -(2**63) <= value < 2**63
+
+
+def _is_timestamp(value: Any) -> bool:
+    return _is_integer(value) and EARLIEST_CREATED <= value <= LATEST_CREATED
+
+
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else f"{text[:37]}..."
@@ -155,7 +164,7 @@ def text(*path: str) -> Field:
 
 def integer(*path: str) -> Field:
     """A ``bigint`` column from an integer field (amounts are in the currency's minor unit)."""
-    return _checked("bigint", path, _is_integer, "an integer")
+    return _checked("bigint", path, _is_bigint, "an integer that fits in 64 bits")
 
 
 def boolean(*path: str) -> Field:
@@ -179,8 +188,8 @@ def timestamp(*path: str) -> Field:
     return _checked(
         "timestamptz",
         path,
-        _is_integer,
-        "a Unix timestamp",
+        _is_timestamp,
+        "a Unix timestamp in years 1 to 9999",
         lambda value: datetime.fromtimestamp(value, UTC),
     )
 

@@ -302,6 +302,10 @@ def test_object_of_another_type_is_refused(event_type: str) -> None:
         ("invoice.paid", "invoice", "created", 1.5),
         ("payment_intent.succeeded", "payment_intent", "customer", 42),
         ("customer.subscription.updated", "subscription", "items", "everything"),
+        ("charge.succeeded", "charge", "amount", 2**63),
+        ("customer.updated", "customer", "balance", -(2**63) - 1),
+        ("invoice.paid", "invoice", "created", 1_000_000_000_000),
+        ("customer.updated", "customer", "created", -1_000_000_000_000),
     ],
 )
 def test_field_of_the_wrong_type_names_event_and_field(
