@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.errors import DependencyUnavailable, ServiceError
+from streams.errors import ConfigurationError, DependencyUnavailable, ServiceError
 from streams.services.process import ensure_port_free, read_pid, stop_process
 from streams.settings import REPO_ROOT
 from streams.topics import raise_topic_errors
@@ -163,12 +163,12 @@ class LocalKafka:
     def _format_storage(self) -> None:
         if (self.data_dir / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         result = subprocess.run(
             [
                 "java", "-cp", f"{self.libs}/*", f"-Dlog4j.configuration=file:{LOG4J}",
                 f"-Dlog4j2.configurationFile={LOG4J2}",
-                "kafka.tools.StorageTool", "format", "-t", cluster_id,
+                # Attached with '=', an id starting with '-' cannot be read as an option.
+                "kafka.tools.StorageTool", "format", f"--cluster-id={new_cluster_id()}",
                 "-c", str(self.config_file),
             ],
             capture_output=True, text=True, check=False,
@@ -195,7 +195,8 @@ class LocalKafka:
                 )
                 raise_topic_errors(response.topic_errors)
                 return
-            except (KafkaError, OSError, DependencyUnavailable) as exc:
+            # Until the broker has registered, its controller refuses topics as if for good.
+            except (KafkaError, OSError, DependencyUnavailable, ConfigurationError) as exc:
                 last_error = repr(exc)
             finally:
                 await admin.close()
@@ -204,6 +205,17 @@ class LocalKafka:
             f"Kafka at {self.address} did not accept a topic within {READY_TIMEOUT:.0f}s "
             f"({last_error}); see {self.log_file}"
         )
+
+
+def new_cluster_id() -> str:
+    """A random KRaft cluster id, drawn as Kafka's ``Uuid.randomUuid`` draws one.
+
+    Like Kafka, it never starts with '-', which command-line tools would read as an option.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _require(command: str, advice: str) -> None:

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from streams.errors import ServiceError
+from streams.services import kafka
 from streams.services.kafka import LocalKafka
 from streams.services.postgres import LocalPostgres
 from streams.services.process import is_alive
@@ -27,6 +28,20 @@ def test_kafka_up_is_idempotent_and_down_stops_it(private_kafka: LocalKafka) -> 
     assert not is_alive(pid)
     assert private_kafka.pid() is None
     assert private_kafka.down() is False
+
+
+def test_kafka_starts_when_its_cluster_id_starts_with_a_dash(
+    private_kafka: LocalKafka, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One random id in 64 starts with '-', which the storage tool once took for an option."""
+    cluster_id = "-7QuT1dRRkS0kq7-1f5ZxA"
+    monkeypatch.setattr(kafka, "new_cluster_id", lambda: cluster_id)
+
+    private_kafka.up()
+
+    meta = (private_kafka.data_dir / "meta.properties").read_text()
+    assert f"cluster.id={cluster_id}" in meta.splitlines()
+    asyncio.run(ensure_topics(private_kafka.address, ["probe.events"], partitions=1))
 
 
 def test_postgres_up_is_idempotent_and_down_stops_it(private_postgres: LocalPostgres) -> None:
