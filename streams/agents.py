@@ -204,7 +204,7 @@ def _router(app: faust.App, settings: Settings, runtime: WorkerRuntime) -> Any:
         )
 
     async def route(stream: Stream[bytes]) -> None:
-        async for events in _batches(stream, size, within):
+        async for events in _batches(stream, size, settings.batch_bytes, within):
             try:
                 await runtime.ready()
                 await settle(events)
@@ -242,7 +242,7 @@ def _projector(
         return applied
 
     async def project(stream: Stream[bytes]) -> None:
-        async for events in _batches(stream, size, within):
+        async for events in _batches(stream, size, settings.batch_bytes, within):
             try:
                 await runtime.ready()
                 applied = await settle(events)
@@ -257,10 +257,47 @@ def _projector(
     return project
 
 
-def _batches(stream: Stream[bytes], size: int, within: float) -> AsyncIterator[Sequence[Delivery]]:
-    """Batches of up to ``size`` deliveries or ``within`` seconds, acknowledged by the caller."""
-    # noack_take yields the deliveries themselves; its annotation says values.
-    return cast(AsyncIterator[Sequence[Delivery]], stream.noack_take(size, within=within))
+async def _batches(
+    stream: Stream[bytes], size: int, max_bytes: int, within: float
+) -> AsyncIterator[Sequence[Delivery]]:
+    """Batches of up to ``size`` deliveries, ``max_bytes`` of messages or ``within`` seconds.
+
+    Like Faust's ``noack_take``, bounded by bytes as well (a batch ends with the message that
+    reaches ``max_bytes``): the caller acknowledges each batch once it is settled. The next
+    batch fills while the caller settles one, so at most two batches per agent are held.
+    """
+    pending: list[Delivery] = []
+    held = 0
+    full = asyncio.Event()
+    room = asyncio.Event()
+    room.set()
+
+    async def collect(value: bytes) -> bytes:
+        nonlocal held
+        # Faust sets the delivery being processed before it runs the stream's processors.
+        delivery = cast(Delivery, stream.current_event)
+        pending.append(delivery)
+        held += len(delivery.message.value or b"")
+        if len(pending) >= size or held >= max_bytes:
+            full.set()
+            room.clear()
+            await stream.wait(cast(Any, room))
+        return value
+
+    stream.enable_acks = False
+    stream.add_processor(collect)
+    # Iterating the stream in the background runs ``collect`` on every delivery, as noack_take
+    # does (through the same private hook).
+    stream._enable_passive(cast(Any, aiter(stream.channel)))
+    while not stream.should_stop:
+        await stream.wait_for_stopped(cast(Any, full), timeout=within)
+        if pending:
+            batch = pending[:]
+            pending.clear()
+            held = 0
+            full.clear()
+            room.set()
+            yield batch
 
 
 def event_type_of(message: bytes) -> str:

@@ -68,13 +68,13 @@ def create_app(
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
         Monitor=LivenessMonitor,
-        # Messages held per partition ahead of its agent: two batches of the default size; Faust's
-        # 4,096 let a backlog of large events take gigabytes, and bought no throughput.
+        # Messages held per topic ahead of its agent: two batches of the default size. Their
+        # bytes are bounded by the transport's delivery budget, whatever the event size.
         stream_buffer_maxsize=1024,
     )
     # Before anything asks the app for its transport (topics do): it sizes the fetches and
     # delivers them to the agents with less overhead than Faust's own.
-    app.transport = Transport(app.conf.broker_consumer, app)
+    app.transport = Transport(app.conf.broker_consumer, app, buffer_bytes=settings.buffer_bytes)
     runtime = runtime or WorkerRuntime(settings)
     app.add_dependency(runtime)
     register_agents(app, settings, runtime)

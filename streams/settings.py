@@ -257,6 +257,18 @@ class Settings:
     family_batch_sizes: Mapping[str, int] = family_setting(
         "STRIPE_STREAMS_BATCH_SIZE", "e.g. ..._INVOICES", _positive_int
     )
+    batch_bytes: int = setting(
+        "STRIPE_STREAMS_BATCH_BYTES", 4 * 1024 * 1024,
+        "Most bytes of messages one batch of the router or a family agent holds: large "
+        "events make smaller batches, so a worker's memory does not grow with event size.",
+        _positive_int,
+    )
+    buffer_bytes: int = setting(
+        "STRIPE_STREAMS_BUFFER_BYTES", 32 * 1024 * 1024,
+        "Most bytes of messages a worker holds between fetching them and settling them, "
+        "across all its partitions (one larger message is always let through).",
+        _positive_int,
+    )
     batch_timeout_ms: int = setting(
         "STRIPE_STREAMS_BATCH_TIMEOUT_MS", 50,
         "Longest a family agent waits to fill a batch before applying it, milliseconds.",

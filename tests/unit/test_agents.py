@@ -7,6 +7,7 @@ and what the family agents apply, and can make applying fail.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 
@@ -35,11 +36,12 @@ SETTINGS = Settings.from_env(
 class FakeRuntime(WorkerRuntime):
     """The runtime with the producer and PostgreSQL replaced by in-memory records."""
 
-    def __init__(self, fail: Exception | None = None) -> None:
-        super().__init__(SETTINGS)
+    def __init__(self, fail: Exception | None = None, settings: Settings = SETTINGS) -> None:
+        super().__init__(settings)
         self.recording = RecordingProducer()
         self._producer = self.recording.producer()
         self.applied: list[tuple[str, ConsumedEvent]] = []
+        self.batches: list[int] = []
         self.letters: list[DeadLetter] = []
         self.fail = fail
 
@@ -54,6 +56,7 @@ class FakeRuntime(WorkerRuntime):
             if self.fail is not None:
                 raise self.fail
             self.applied.extend((family, event) for event in events)
+            self.batches.append(len(events))
             return [AppliedEvent(event, Outcome.PROCESSED) for event in events]
 
         async def publish(letter: DeadLetter) -> None:
@@ -89,7 +92,7 @@ async def until(condition: Callable[[], bool]) -> None:
 
 
 def app_with(runtime: FakeRuntime) -> faust.App:
-    return create_app(SETTINGS, web_port=1, runtime=runtime)
+    return create_app(runtime.settings, web_port=1, runtime=runtime)
 
 
 async def test_the_router_forwards_each_message_unchanged_to_its_family_topic() -> None:
@@ -187,3 +190,21 @@ def test_a_truncated_envelope_is_refused() -> None:
 
     with pytest.raises(CodecError):
         event_type_of(encoded[:14])
+
+
+async def test_a_batch_ends_at_its_bytes_of_messages_whatever_its_count() -> None:
+    """A backlog of large events is applied in small batches, so memory does not grow with it."""
+    messages = [envelope("customer.updated") for _ in range(6)]
+    size = len(encode_event(messages[0]))
+    settings = dataclasses.replace(
+        SETTINGS, batch_bytes=size * 5 // 2, batch_timeout_ms=1000
+    )
+    runtime = FakeRuntime(settings=settings)
+    projector = app_with(runtime).agents["project_customers"]
+
+    async with projector.test_context() as agent:
+        for message in messages:
+            await agent.put(value=encode_event(message), key=message.key, wait=False)
+        await until(lambda: len(runtime.applied) == 6)
+
+    assert runtime.batches == [3, 3]

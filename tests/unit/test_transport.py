@@ -11,7 +11,7 @@ from faust.types import TP, EventT, Message, StreamT
 from streams.app import create_app
 from streams.monitor import LivenessMonitor
 from streams.settings import Settings
-from streams.transport import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES
+from streams.transport import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES, DeliveryBudget
 
 SETTINGS = Settings.from_env({"STRIPE_STREAMS_TOPIC_PREFIX": "unit"})
 FAUST_FETCH_MAX_WAIT_MS = 1500
@@ -129,3 +129,43 @@ def test_the_worker_still_tells_faust_when_a_stream_last_took_an_event() -> None
     assert isinstance(app.monitor, LivenessMonitor)
     assert app.monitor.stream_inbound_time[tp] > 0
     assert app.monitor.messages_received_total == 0
+
+
+async def test_the_delivery_budget_holds_back_a_message_until_acknowledgements_free_room() -> None:
+    budget = DeliveryBudget(limit=100)
+    tp = TP("unit.events", 0)
+    await budget.take(tp, 0, 60)
+    waiting = asyncio.ensure_future(budget.take(tp, 1, 60))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+
+    budget.release(tp, 0)
+    await asyncio.wait_for(waiting, 1)
+
+    assert budget.held == 60
+
+
+async def test_the_delivery_budget_lets_one_message_larger_than_itself_through() -> None:
+    budget = DeliveryBudget(limit=100)
+    tp = TP("unit.events", 0)
+
+    await asyncio.wait_for(budget.take(tp, 0, 1000), 1)
+    blocked = asyncio.ensure_future(budget.take(tp, 1, 1))
+    await asyncio.sleep(0.01)
+
+    assert not blocked.done()
+    budget.reset()
+    await asyncio.wait_for(blocked, 1)
+    assert budget.held == 1
+
+
+async def test_an_acknowledgement_frees_every_earlier_message_of_its_partition_only() -> None:
+    budget = DeliveryBudget(limit=1000)
+    first, second = TP("unit.events", 0), TP("unit.events", 1)
+    for offset in range(3):
+        await budget.take(first, offset, 10)
+    await budget.take(second, 0, 10)
+
+    budget.release(first, 1)
+
+    assert budget.held == 20
