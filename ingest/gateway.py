@@ -29,6 +29,7 @@ from ingest.signature import SignatureRejected, SigningSecrets
 from streams.codec import encode_event
 from streams.envelope import THIN_EVENT_OBJECT, EventEnvelope, EventSource
 from streams.errors import InvalidEvent
+from streams.outages import KAFKA, outages
 from streams.settings import DEFAULT_ENDPOINT, Secret, Settings
 
 log = logging.getLogger(__name__)
@@ -111,13 +112,22 @@ class Gateway:
             elif path == "/healthz":
                 await _answer(send, 200, {"alive": True})
             elif path == "/readyz":
-                ready = await self._log.reachable()
-                await _answer(send, 200 if ready else 503, {"ready": ready})
+                await self._readiness(send)
             else:
                 headers = [(b"content-type", CONTENT_TYPE_LATEST.encode())]
                 await _send(send, 200, self.metrics.exposition(), headers)
         else:
             await _answer(send, 404, {"error": "not found"})
+
+    async def _readiness(self, send: Send) -> None:
+        """200 ``{"ready": true}`` while Kafka answers, else 503 saying since when and why not."""
+        if await self._log.reachable():
+            await _answer(send, 200, {"ready": True})
+            return
+        outage = outages.missing().get(KAFKA)
+        # A log that keeps no outage record (a test double) still answers which one is missing.
+        why = outage.describe() if outage is not None else "unreachable"
+        await _answer(send, 503, {"ready": False, "missing": [KAFKA], KAFKA: why})
 
     async def _webhook(
         self, endpoint: Endpoint, scope: Scope, receive: Receive, send: Send

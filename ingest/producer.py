@@ -8,17 +8,15 @@ the retriable :class:`LogUnavailable` and the sender (Stripe) delivers again lat
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from streams.errors import DependencyUnavailable, StreamsError
+from streams.outages import KAFKA, outages
 from streams.settings import Settings
 from streams.topics import MAX_MESSAGE_BYTES, ensure_topics
-
-log = logging.getLogger(__name__)
 
 
 class LogUnavailable(DependencyUnavailable):
@@ -106,15 +104,20 @@ class EventLog:
             raise LogUnavailable(f"Kafka did not take the event: {exc!r}") from exc
 
     async def reachable(self) -> bool:
-        """Ask the cluster for its metadata, within the produce timeout."""
+        """Ask the cluster for its metadata, within the produce timeout.
+
+        A failure starts or continues an outage of the process's outage log, which says since
+        when and why Kafka is missing; an answer ends it.
+        """
         if self._producer is None:
             return False
         try:
             async with asyncio.timeout(self._timeout):
                 await self._producer.client.fetch_all_metadata()
         except (TimeoutError, KafkaError, OSError) as exc:
-            log.warning("Kafka is not reachable: %r", exc)
+            outages.failed(KAFKA, exc)
             return False
+        outages.recovered(KAFKA)
         return True
 
 

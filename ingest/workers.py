@@ -27,6 +27,7 @@ from pathlib import Path
 from types import FrameType
 
 from streams.errors import ConfigurationError, StreamsError
+from streams.outages import RepeatFilter
 from streams.settings import DEFAULT_ENDPOINT, Settings
 
 log = logging.getLogger(__name__)
@@ -126,8 +127,13 @@ def _supervise(workers: Sequence[BaseProcess]) -> None:
 
 
 def configure_logging() -> None:
-    """Log to stderr with the process name, which tells the workers apart."""
+    """Log to stderr with the process name, which tells the workers apart.
+
+    Kafka's client logs each failed connection; while Kafka is down only the first of a kind
+    and a count a minute are shown.
+    """
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(processName)s %(name)s %(message)s"
     )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    RepeatFilter().install(logging.root.handlers)

@@ -2,7 +2,8 @@
 
 Applied files are recorded with a SHA-256 checksum in ``public.stripe_streams_migrations``; a file
 whose content changed after it was applied, or that disappeared, stops the run before anything is
-applied. An advisory lock lets several workers start at once without racing.
+applied. An advisory lock lets several workers start at once without racing. Workers call
+:func:`require_migrated` before they start, and refuse to run on a schema behind their code.
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from psycopg.rows import TupleRow
 
-from streams.errors import MigrationError
+from projections.database import database_errors
+from streams.errors import MigrationError, Misconfiguration
 from streams.settings import REPO_ROOT
 
 MIGRATIONS_DIR = REPO_ROOT / "migrations"
 _FILE_NAME = re.compile(r"^(\d{3,})_[a-z0-9_]+\.sql$")
 # Arbitrary constant naming this project's migration lock among advisory locks.
 _LOCK_KEY = 0x5354524D
+_CONNECT_TIMEOUT = 5
 
 _CREATE_HISTORY = """
 CREATE TABLE IF NOT EXISTS public.stripe_streams_migrations (
@@ -60,27 +64,58 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 
 
 def migrate(database_url: str, directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """Apply pending migrations and return them; applied ones are left untouched."""
+    """Apply pending migrations and return them; applied ones are left untouched.
+
+    Raises DependencyUnavailable when PostgreSQL cannot be reached (waiting can help) and
+    Misconfiguration when it refuses the login or has no such database.
+    """
     migrations = discover(directory)
-    try:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
-            try:
-                conn.execute(_CREATE_HISTORY)
-                applied: dict[int, str] = dict(
-                    conn.execute(
-                        "SELECT version, checksum FROM public.stripe_streams_migrations"
-                    ).fetchall()
-                )
-                _check_unchanged(migrations, applied)
-                pending = [m for m in migrations if m.version not in applied]
-                for migration in pending:
-                    _apply(conn, migration)
-                return pending
-            finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
-    except psycopg.OperationalError as exc:
-        raise MigrationError(f"cannot reach PostgreSQL: {_first_line(exc)}") from None
+    with database_errors(database_url), _connect(database_url) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        try:
+            conn.execute(_CREATE_HISTORY)
+            applied = _applied(conn)
+            _check_unchanged(migrations, applied)
+            pending = [m for m in migrations if m.version not in applied]
+            for migration in pending:
+                _apply(conn, migration)
+            return pending
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+
+
+def require_migrated(database_url: str, directory: Path = MIGRATIONS_DIR) -> None:
+    """Raise Misconfiguration naming the migrations of ``directory`` not applied yet, if any.
+
+    Errors reaching PostgreSQL are raised as by :func:`migrate`.
+    """
+    migrations = discover(directory)
+    with database_errors(database_url), _connect(database_url) as conn:
+        history = conn.execute(
+            "SELECT to_regclass('public.stripe_streams_migrations') IS NOT NULL"
+        ).fetchone()
+        applied = _applied(conn) if history and history[0] else {}
+        database = conn.info.dbname
+    pending = [m.name for m in migrations if m.version not in applied]
+    if pending:
+        raise Misconfiguration(
+            f"database {database} is not migrated ({len(pending)} pending: "
+            f"{', '.join(pending)}): run 'stripe-streams migrate'"
+        )
+
+
+def _connect(database_url: str) -> psycopg.Connection[TupleRow]:
+    return psycopg.connect(
+        database_url, autocommit=True, connect_timeout=_CONNECT_TIMEOUT,
+        application_name="stripe-streams",
+    )
+
+
+def _applied(conn: psycopg.Connection[TupleRow]) -> dict[int, str]:
+    applied: dict[int, str] = dict(
+        conn.execute("SELECT version, checksum FROM public.stripe_streams_migrations").fetchall()
+    )
+    return applied
 
 
 def _check_unchanged(migrations: list[Migration], applied: dict[int, str]) -> None:

@@ -9,18 +9,24 @@ decode.
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from streams.agents import DEAD_LETTER_SUFFIX, WorkerRuntime, register_agents
 from streams.monitor import LivenessMonitor
+from streams.outages import KAFKA, outages
 from streams.routing import FAMILIES
 from streams.settings import Settings
 from streams.transport import Transport
+
+# Seconds Kafka has to answer a readiness check: probes of orchestrators give up after a few.
+_KAFKA_ANSWER = 2.0
 
 
 def worker_topics(settings: Settings) -> list[str]:
@@ -85,4 +91,32 @@ def create_app(
     async def exposition(view: faust.web.View, request: Any) -> Any:
         return view.bytes(metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    @app.page("/readyz")
+    async def readiness(view: faust.web.View, request: Any) -> Any:
+        """200 while no dependency is in an outage, else 503 naming each one, since when and why.
+
+        Kafka is asked for its metadata on each request, as an idle worker would not notice
+        it gone; PostgreSQL's state is the one the worker's last connections left.
+        """
+        await _ask_kafka(runtime)
+        missing = outages.missing()
+        body: dict[str, object] = {"ready": not missing, "missing": sorted(missing)}
+        body.update((name, outage.describe()) for name, outage in missing.items())
+        return view.json(body, status=503 if missing else 200)
+
     return app
+
+
+async def _ask_kafka(runtime: WorkerRuntime) -> None:
+    """Ask Kafka for its metadata with the worker's producer; an outage starts or ends."""
+    try:
+        client = runtime.producer.client
+    except RuntimeError:
+        return  # Not started yet: starting it reports its own failures.
+    try:
+        async with asyncio.timeout(_KAFKA_ANSWER):
+            await client.fetch_all_metadata()
+    except (TimeoutError, KafkaError, OSError) as exc:
+        outages.failed(KAFKA, exc)
+    else:
+        outages.recovered(KAFKA)

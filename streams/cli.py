@@ -8,9 +8,11 @@ returning an exit code; errors end the command with one line naming what went wr
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from rich.console import Console
@@ -47,8 +49,16 @@ def services(settings: Settings, args: argparse.Namespace) -> int:
 def migrate(settings: Settings, args: argparse.Namespace) -> int:
     """Apply pending SQL migrations."""
     from projections.migrations import migrate as apply_migrations
+    from streams.dead_letters import RetryPolicy, patiently
+    from streams.outages import POSTGRES
 
-    applied = apply_migrations(settings.database_url)
+    # PostgreSQL starting up (or restarting) is waited out; a refusal ends the command at once.
+    applied = asyncio.run(
+        patiently(
+            partial(asyncio.to_thread, apply_migrations, settings.database_url),
+            RetryPolicy.from_settings(settings), POSTGRES,
+        )
+    )
     for migration in applied:
         console.print(f"applied {migration.name}")
     console.print(f"{len(applied)} migration(s) applied; schema is up to date")

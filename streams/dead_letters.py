@@ -31,6 +31,7 @@ from projections.writer import (
 from streams.codec import DeadLetter
 from streams.envelope import EventEnvelope, EventSource
 from streams.errors import InvalidEvent
+from streams.outages import outages
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -214,20 +215,23 @@ async def patiently(
 ) -> T:
     """Run ``operation`` until it stops failing with retriable errors, backing off between tries.
 
-    There is no limit: an outage is waited out however long it lasts, and logged while it does.
-    A non-retriable error is raised at once.
+    There is no limit: an outage is waited out however long it lasts, and logged when it
+    starts, once a minute while it lasts, and when it ends. A non-retriable error is raised at
+    once.
     """
     waits = 0
     while True:
         try:
-            return await operation()
+            result = await operation()
         except Exception as exc:
             if not is_retriable(exc):
                 raise
             waits += 1
-            delay = retry.delay(waits)
-            log.warning("%s: %s; trying again in %.1fs (wait %d)", what, exc, delay, waits)
-            await sleep(delay)
+            outages.failed(what, exc)
+            await sleep(retry.delay(waits))
+        else:
+            outages.recovered(what)
+            return result
 
 
 def undecodable_envelope(

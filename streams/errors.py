@@ -41,3 +41,10 @@ class DependencyUnavailable(StreamsError):
     """A dependency (Kafka, PostgreSQL) is down; waiting and retrying will succeed."""
 
     retriable = True
+
+
+class Misconfiguration(StreamsError):
+    """A dependency refuses us for good (wrong password, no such database, schema not migrated).
+
+    Waiting cannot help: the message is one line naming what to fix, and never a secret.
+    """

@@ -1,4 +1,10 @@
-"""The ``stripe-streams worker`` command: the Faust worker with every agent and ``/metrics``."""
+"""The ``stripe-streams worker`` command: the Faust worker with every agent and ``/metrics``.
+
+Before Faust starts, the worker checks its dependencies once: PostgreSQL must accept the login,
+hold the database and have every migration applied, and Kafka must serve the worker's topics.
+A refusal waiting cannot change ends the command with one line naming the fix; an outage is
+waited out with backoff, logged when it starts and ends.
+"""
 
 from __future__ import annotations
 
@@ -6,36 +12,75 @@ import asyncio
 import gc
 import logging
 import sys
+from functools import partial
 
 import faust
 import uvloop
 
+from projections.migrations import require_migrated
 from streams.app import create_app, worker_topics
+from streams.dead_letters import RetryPolicy, patiently
+from streams.outages import KAFKA, POSTGRES, RepeatFilter
 from streams.settings import Settings
 from streams.topics import ensure_topics
 
+# Faust's own log format, so the lines before and after Faust takes over logging look alike.
+_LOG_FORMAT = "[%(asctime)s] [%(process)s] [%(levelname)s] %(message)s"
+
+
+class _Worker(faust.Worker):
+    """Faust's worker, with the clients' repeated connection errors summarised in its log."""
+
+    def __init__(self, app: faust.App, repeats: RepeatFilter) -> None:
+        super().__init__(app, loglevel=logging.INFO, quiet=not sys.stdout.isatty())
+        self._repeats = repeats
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        """Filter the handlers Faust has just given the root logger."""
+        super().on_setup_root_logger(logger, level)
+        self._repeats.install(logger.handlers)
+
 
 def run_worker(settings: Settings, web_port: int | None = None) -> int:
-    """Create the worker's topics if missing, then run the worker until it is stopped.
+    """Check PostgreSQL and Kafka, create missing topics, then run the worker until stopped.
 
     Returns the worker's exit code: 0 after SIGTERM or SIGINT, non-zero when an agent stopped
-    it because a batch could not be settled.
+    it because a batch could not be settled. Raises StreamsError, before anything runs, when
+    PostgreSQL refuses the login, lacks the database or a migration, or Kafka refuses a topic.
     """
     # Faust's worker and its consumer thread create their loops from this policy.
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(
-        ensure_topics(
-            settings.kafka_bootstrap_servers, worker_topics(settings), settings.topic_partitions
-        )
-    )
+    repeats = RepeatFilter()
+    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT, stream=sys.stdout)
+    repeats.install(logging.root.handlers)
+    asyncio.run(preflight(settings))
     app = create_app(settings, web_port=web_port)
     _collect_garbage_less_often()
-    worker = faust.Worker(app, loglevel=logging.INFO, quiet=not sys.stdout.isatty())
+    worker = _Worker(app, repeats)
     try:
         worker.execute_from_commandline()
     except SystemExit as stopped:
         return stopped.code if isinstance(stopped.code, int) else 1
     return 0
+
+
+async def preflight(settings: Settings) -> None:
+    """Wait until PostgreSQL and Kafka answer; raise StreamsError if one never will as set up.
+
+    PostgreSQL goes first: its refusals (login, database, migrations) are reported at once,
+    even while Kafka is down.
+    """
+    retry = RetryPolicy.from_settings(settings)
+    await patiently(
+        partial(asyncio.to_thread, require_migrated, settings.database_url), retry, POSTGRES
+    )
+    await patiently(
+        partial(
+            ensure_topics, settings.kafka_bootstrap_servers, worker_topics(settings),
+            settings.topic_partitions,
+        ),
+        retry, KAFKA,
+    )
 
 
 def _collect_garbage_less_often() -> None:

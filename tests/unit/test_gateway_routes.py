@@ -94,7 +94,8 @@ async def test_readyz_follows_whether_kafka_answers(
     assert (await http.get("/readyz")).status_code == 200
     log.reachable_answer = False
     response = await http.get("/readyz")
-    assert (response.status_code, response.json()) == (503, {"ready": False})
+    assert response.status_code == 503
+    assert (response.json()["ready"], response.json()["missing"]) == (False, ["kafka"])
 
 
 async def test_metrics_count_outcomes_per_endpoint_and_time_the_ingest(
