@@ -2,7 +2,9 @@
 
     .venv/bin/python bench/pipeline.py [--events 60000] [--workers 1,2] [--rates 3000,500]
                                        [--duration 20] [--latency-workers 1]
-                                       [--latency-repeats 3]
+                                       [--latency-repeats 3] [--large-events 2000]
+                                       [--large-lines 955] [--large-updates 8]
+                                       [--only workers,limit,floor,latency,large]
 
 Uses the Kafka broker of KAFKA_BOOTSTRAP_SERVERS and the PostgreSQL server of DATABASE_URL,
 with fresh topics and fresh databases (dropped afterwards). Measures:
@@ -20,7 +22,17 @@ with fresh topics and fresh databases (dropped afterwards). Measures:
   at each of ``--rates`` per second for ``--duration`` seconds (open loop); received-to-projected
   is each event's ``processed_at - received_at`` in ``ops.event_log`` (gateway receipt to the
   end of its batch's writes). Each rate runs ``--latency-repeats`` times on fresh topics; the
-  run with the median p99 is reported, with every run's p99.
+  run with the median p99 is reported, with every run's p99;
+* large backlog: ``--large-events`` ``invoice.updated`` events of invoices with
+  ``--large-lines`` line items (955 make 877 KB a body, the order of Stripe's largest
+  objects), ``--large-updates`` per invoice, are appended to the log of a fresh prefix while
+  no worker runs; then ONE worker starts on that backlog: seconds until all are in
+  ``ops.event_log``, events/s, MB/s, and the worker's peak resident memory (``VmHWM`` at the
+  end and ``VmRSS`` sampled every 0.1 s).
+
+``--only`` runs a subset (``--only large`` repeats the large backlog alone); a count of 0 or an
+empty list (``--events 0``, ``--workers ''``, ``--rates ''``, ``--large-events 0``) skips a
+measurement too.
 
 The machine is shared: ``busy cores`` says how loaded it was during each measurement, and the
 latency runs add the CPU each process spent per event applied (gateway, workers, load
@@ -33,6 +45,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import re
 import socket
 import statistics
@@ -40,9 +53,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,24 +75,58 @@ from streams.envelope import EventEnvelope, EventSource
 from streams.handlers.registry import load_handlers
 from streams.samples import EventFactory
 from streams.settings import Secret, Settings
-from streams.topics import delete_topics, ensure_topics
+from streams.topics import MAX_MESSAGE_BYTES, delete_topics, ensure_topics
 
 SECRET = Secret("whsec_bench_pipeline")
 LOG_DIR = Path("/tmp") / "stripe-streams-bench"
+MEASUREMENTS = ("workers", "limit", "floor", "latency", "large")
+OPEN_INVOICES = 32
+"""Invoices a large backlog updates at once: a backlog mixes many invoices' updates, and the
+bench holds each open invoice (about 2 MB as Python objects) in memory."""
+LATE_SHARE = 0.1
+"""Share of a large backlog's events delivered after the next event of their invoice."""
 
 
 @dataclass
 class Fill:
-    """How fast a table filled: events per second between 10% and 90% of the total."""
+    """How fast a table filled: events per second between 10% and 90% of the total.
+
+    ``applied`` and ``elapsed`` cover the whole run: every event, from the workers' start
+    until the last one is in the table; ``peak_hwm_mib`` is the largest ``VmHWM`` of one worker
+    read just before they stop, ``peak_rss_mib`` the largest ``VmRSS`` sampled meanwhile;
+    ``cpu_seconds`` what the workers, the broker(s) and PostgreSQL spent over the whole run, and
+    ``worker_cpu_us`` the workers' CPU per event between 10% and 90%, which a busy neighbour
+    changes far less than the rate.
+    """
 
     events: int
     seconds: float
     peak_rss_mib: float = 0.0
     busy_cores: float = 0.0
+    applied: int = 0
+    elapsed: float = 0.0
+    peak_hwm_mib: float = 0.0
+    elapsed_busy_cores: float = 0.0
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    worker_cpu_us: float = 0.0
 
     @property
     def rate(self) -> float:
         return self.events / self.seconds if self.seconds else 0.0
+
+    @property
+    def elapsed_rate(self) -> float:
+        return self.applied / self.elapsed if self.elapsed else 0.0
+
+
+@dataclass
+class Backlog:
+    """The large backlog's run: its fill, what was appended, and the events' outcomes."""
+
+    fill: Fill
+    appended_bytes: int
+    invoices: int
+    outcomes: dict[str, int] = field(default_factory=dict)
 
 
 def lifecycle_events(count: int, seed: int) -> list[dict[str, Any]]:
@@ -90,29 +137,100 @@ def lifecycle_events(count: int, seed: int) -> list[dict[str, Any]]:
     return events[:count]
 
 
-def envelopes(events: Sequence[dict[str, Any]]) -> list[EventEnvelope]:
-    return [
-        EventEnvelope.from_event_dict(
-            e, payload=json.dumps(e), endpoint="default", source=EventSource.WEBHOOK
-        )
-        for e in events
-    ]
+def envelope_of(event: dict[str, Any]) -> EventEnvelope:
+    return EventEnvelope.from_event_dict(
+        event, payload=json.dumps(event), endpoint="default", source=EventSource.WEBHOOK
+    )
 
 
-async def append(settings: Settings, log: Sequence[EventEnvelope]) -> None:
+def envelopes(events: Iterable[dict[str, Any]]) -> Iterator[EventEnvelope]:
+    return map(envelope_of, events)
+
+
+@dataclass
+class OpenInvoice:
+    invoice: dict[str, Any]
+    updates_left: int
+    held: EventEnvelope | None = None
+
+
+def large_backlog(count: int, lines: int, updates: int, seed: int) -> Iterator[EventEnvelope]:
+    """``count`` ``invoice.updated`` events of invoices with ``lines`` line items.
+
+    Each invoice gets ``updates`` events (usage raising the quantities of a few lines, and the
+    totals); the next event comes from a random one of ``OPEN_INVOICES`` open invoices, and
+    ``LATE_SHARE`` of the events are delivered after their invoice's next one, as Stripe does
+    not guarantee order, so that the worker sees inserts, upserts and stale events.
+    """
+    factory = EventFactory(seed=seed)
+    price = factory.default_price()
+    late = random.Random(seed)
+    invoices: list[OpenInvoice] = []
+    made = opened = 0
+    while made < count:
+        while len(invoices) < OPEN_INVOICES and opened * updates < count:
+            customer = factory.customer()
+            subscription = factory.subscription(customer, price, status="active")
+            invoices.append(OpenInvoice(factory.invoice(
+                customer, subscription, billing_reason="subscription_cycle", lines=lines,
+            ), updates))
+            opened += 1
+        current = late.choice(invoices)
+        event = envelope_of(invoice_updated(factory, current.invoice))
+        made += 1
+        current.updates_left -= 1
+        if current.held is None and current.updates_left and late.random() < LATE_SHARE:
+            current.held = event
+            continue
+        yield event
+        if current.held is not None:
+            yield current.held
+            current.held = None
+        if not current.updates_left:
+            invoices.remove(current)
+    yield from (open_.held for open_ in invoices if open_.held is not None)
+
+
+def invoice_updated(factory: EventFactory, invoice: dict[str, Any]) -> dict[str, Any]:
+    """Raise the quantities of a few lines and the totals; return the ``invoice.updated``."""
+    totals = ("amount_due", "amount_remaining", "subtotal", "subtotal_excluding_tax", "total",
+              "total_excluding_tax")
+    previous = {name: invoice[name] for name in totals}
+    lines = invoice["lines"]["data"]
+    for line in factory.random.sample(lines, min(3, len(lines))):
+        unit = line["amount"] // line["quantity"]
+        line["quantity"] += factory.random.randint(1, 5)
+        line["amount"] = line["subtotal"] = unit * line["quantity"]
+    invoice.update(dict.fromkeys(totals, sum(line["amount"] for line in lines)))
+    head = {name: value for name, value in invoice.items() if name != "lines"}
+    event = factory.event("invoice.updated", head, previous_attributes=previous)
+    # event() copies the object it carries, which for a thousand lines would be most of the
+    # time of building the backlog; the event is serialised before the lines change again.
+    event["data"]["object"]["lines"] = invoice["lines"]
+    return event
+
+
+async def append(settings: Settings, log: Iterable[EventEnvelope]) -> int:
+    """Append the envelopes to the log, as the gateway writes them; return the bytes written."""
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers, acks="all",
         enable_idempotence=True, linger_ms=10, max_batch_size=262144,
+        # A 1 MiB body, the largest the gateway accepts, exceeds aiokafka's default 1 MiB
+        # request once in its envelope.
+        max_request_size=MAX_MESSAGE_BYTES,
     )
     await producer.start()
+    written = 0
     try:
         pending = []
         for envelope in log:
-            pending.append(await producer.send(settings.topic(), encode_event(envelope),
-                                               key=envelope.key))
+            message = encode_event(envelope)
+            written += len(message)
+            pending.append(await producer.send(settings.topic(), message, key=envelope.key))
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
+    return written
 
 
 @contextmanager
@@ -140,9 +258,16 @@ def logged(url: str) -> int:
     return int(row[0]) if row else 0
 
 
-def rss_mib(pid: int) -> float:
+def outcomes(url: str) -> dict[str, int]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT status, count(*) FROM ops.event_log GROUP BY status")
+        return {str(status): int(count) for status, count in rows}
+
+
+def rss_mib(pid: int, entry: str = "VmRSS") -> float:
+    """A memory figure of /proc/<pid>/status: VmRSS (resident now) or VmHWM (its peak)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{entry}:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -213,38 +338,59 @@ def environment(settings: Settings) -> dict[str, str]:
     }
 
 
-def watch_fill(url: str, total: int, pids: Sequence[int], timeout: float = 600) -> Fill:
-    """Poll the event log until it holds ``total`` events; time 10% to 90% of them."""
+def watch_fill(
+    url: str, total: int, workers: Sequence[subprocess.Popen[bytes]], timeout: float = 600
+) -> Fill:
+    """Poll the event log until it holds ``total`` events; time 10% to 90% of them, and all."""
     marks: dict[float, float] = {}
     peak = 0.0
-    cpu_before = busy_ticks()
+    began = time.perf_counter()
+    cpu_began = cpu_before = busy_ticks()
+    roles = {"worker": [worker.pid for worker in workers]}
+    ticks_began = ticks_before = cpu_ticks(roles)
+    ticks_after = ticks_began
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if any(worker.poll() is not None for worker in workers):
+            raise SystemExit(f"a worker exited after {logged(url)} of {total} events; "
+                             f"see its log in {LOG_DIR}")
         count = logged(url)
         now = time.perf_counter()
         for share in (0.1, 0.9):
             if count >= share * total and share not in marks:
                 marks[share] = now
                 if share == 0.1:
-                    cpu_before = busy_ticks()
-        peak = max([peak, *(rss_mib(pid) for pid in pids)])
+                    cpu_before, ticks_before = busy_ticks(), cpu_ticks(roles)
+                else:
+                    ticks_after = cpu_ticks(roles)
+        peak = max([peak, *(rss_mib(worker.pid) for worker in workers)])
         if count >= total:
             break
         time.sleep(0.1)
     else:
         raise SystemExit(f"only {logged(url)} of {total} events applied in {timeout:.0f}s")
-    return Fill(int(0.8 * total), marks[0.9] - marks[0.1], peak, busy_cores_since(cpu_before))
+    busy = busy_cores_since(cpu_before)
+    ticks = cpu_ticks(roles)
+    hertz = os.sysconf("SC_CLK_TCK")
+    return Fill(
+        int(0.8 * total), marks[0.9] - marks[0.1], peak, busy, applied=total, elapsed=now - began,
+        peak_hwm_mib=max(rss_mib(worker.pid, "VmHWM") for worker in workers),
+        elapsed_busy_cores=busy_cores_since(cpu_began),
+        cpu_seconds={role: (ticks[role] - ticks_began[role]) / hertz for role in ticks},
+        worker_cpu_us=(ticks_after["worker"] - ticks_before["worker"]) / hertz * 1e6
+        / max(1, int(0.8 * total)),
+    )
 
 
-def measure_workers(settings: Settings, total: int, count: int) -> Fill:
+def measure_workers(settings: Settings, total: int, count: int, label: str = "fill") -> Fill:
     """Start ``count`` workers in one consumer group on the pre-loaded log; time the fill."""
     workers = [
         start(["worker", "--web-port", str(free_port())], environment(settings),
-              f"worker-fill-{count}-{n}.log")
+              f"worker-{label}-{count}-{n}.log")
         for n in range(count)
     ]
     try:
-        return watch_fill(settings.database_url, total, [w.pid for w in workers])
+        return watch_fill(settings.database_url, total, workers)
     finally:
         for worker in workers:
             stop(worker)
@@ -531,43 +677,91 @@ def measure_latency(
     }
 
 
+def measure_large_backlog(settings: Settings, count: int, lines: int, updates: int) -> Backlog:
+    """Append the large backlog to the log of a fresh prefix, then start ONE worker on it."""
+    run = replace(settings, topic_prefix=f"{settings.topic_prefix}large")
+    asyncio.run(ensure_topics(run.kafka_bootstrap_servers, worker_topics(run),
+                              run.topic_partitions))
+    print(f"appending {count} invoice.updated events of {lines} lines to {run.topic()} ...",
+          flush=True)
+    appended = asyncio.run(append(run, large_backlog(count, lines, updates, seed=11)))
+    with fresh_database(run) as url:
+        print("large backlog: one worker applying it ...", flush=True)
+        group = replace(run, database_url=url, consumer_group=f"{run.topic_prefix}-1")
+        fill = measure_workers(group, count, 1, "large")
+        print(f"  {fill.elapsed:.1f} s, peak RSS {fill.peak_hwm_mib:.0f} MiB", flush=True)
+        return Backlog(fill, appended, -(-count // updates), outcomes(url))
+
+
+def listed(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--events", type=int, default=60_000, help="events pre-loaded")
+    parser.add_argument("--events", type=int, default=60_000,
+                        help="events pre-loaded for workers, limit and floor (0 skips them)")
     parser.add_argument("--workers", default="1,2", help="worker counts to measure")
-    parser.add_argument("--rates", default="3000,500", help="webhooks/s offered, per run")
+    parser.add_argument("--rates", default="3000,500",
+                        help="webhooks/s offered, per run ('' skips the latency runs)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of offering")
     parser.add_argument("--latency-workers", type=int, default=1,
                         help="worker processes (one consumer group) in the latency runs")
     parser.add_argument("--latency-repeats", type=int, default=3,
                         help="latency runs per rate; the one with the median p99 is reported")
     parser.add_argument("--batch", type=int, default=500, help="batch size of the limit")
+    parser.add_argument("--large-events", type=int, default=2000,
+                        help="invoice.updated events of the large backlog (0 skips it)")
+    parser.add_argument("--large-lines", type=int, default=955,
+                        help="line items of each invoice of the large backlog (955: 877 KB)")
+    parser.add_argument("--large-updates", type=int, default=8,
+                        help="events of each invoice of the large backlog")
+    parser.add_argument("--only", default=",".join(MEASUREMENTS),
+                        help=f"measurements to run, of {','.join(MEASUREMENTS)}")
     args = parser.parse_args()
+    only = set(listed(args.only))
+    if only - set(MEASUREMENTS):
+        parser.error(f"--only: unknown {','.join(sorted(only - set(MEASUREMENTS)))}")
+    if args.large_lines < 1 or args.large_updates < 1:
+        parser.error("--large-lines and --large-updates must be at least 1")
+    worker_counts = [int(n) for n in listed(args.workers)] if "workers" in only else []
+    rates = [float(r) for r in listed(args.rates)] if "latency" in only else []
+    preloaded = args.events if only & {"workers", "limit", "floor"} else 0
     base = Settings.from_env()
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     settings = replace(base, topic_prefix=prefix, topic_partitions=6)
-    asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, worker_topics(settings), 6))
     fills: dict[int, Fill] = {}
+    limit: Fill | None = None
+    floor: float | None = None
+    large: Backlog | None = None
     latencies: dict[float, list[dict[str, float]]] = {}
     try:
-        print(f"appending {args.events} events to {settings.topic()} ...", flush=True)
-        asyncio.run(append(settings, envelopes(lifecycle_events(args.events, seed=3))))
-        for count in map(int, args.workers.split(",")):
+        if preloaded:
+            asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, worker_topics(settings),
+                                      6))
+            print(f"appending {preloaded} events to {settings.topic()} ...", flush=True)
+            asyncio.run(append(settings, envelopes(lifecycle_events(preloaded, seed=3))))
+        for count in worker_counts if preloaded else []:
             with fresh_database(settings) as url:
                 print(f"worker: {count} process(es) applying the pre-loaded log ...", flush=True)
                 group = replace(settings, database_url=url, consumer_group=f"{prefix}-{count}")
-                fills[count] = measure_workers(group, args.events, count)
+                fills[count] = measure_workers(group, preloaded, count)
                 print(f"  {fills[count].rate:.0f} ev/s", flush=True)
-        with fresh_database(settings) as url:
-            print("limit: minimal consumer on the same log ...", flush=True)
-            limit = uvloop.run(
-                practical_limit(replace(settings, database_url=url), args.events, args.batch)
-            )
-            print(f"  {limit.rate:.0f} ev/s", flush=True)
-        print("faust floor: empty agent on the same log ...", flush=True)
-        floor = faust_floor(settings, args.events)
-        print(f"  {floor:.0f} msg/s", flush=True)
-        for rate in map(float, args.rates.split(",")):
+        if preloaded and "limit" in only:
+            with fresh_database(settings) as url:
+                print("limit: minimal consumer on the same log ...", flush=True)
+                limit = uvloop.run(
+                    practical_limit(replace(settings, database_url=url), preloaded, args.batch)
+                )
+                print(f"  {limit.rate:.0f} ev/s", flush=True)
+        if preloaded and "floor" in only:
+            print("faust floor: empty agent on the same log ...", flush=True)
+            floor = faust_floor(settings, preloaded)
+            print(f"  {floor:.0f} msg/s", flush=True)
+        if args.large_events and "large" in only:
+            large = measure_large_backlog(settings, args.large_events, args.large_lines,
+                                          args.large_updates)
+        for rate in rates:
             latencies[rate] = []
             for repeat in range(args.latency_repeats):
                 run = replace(settings, topic_prefix=f"{prefix}r{int(rate)}n{repeat}")
@@ -582,11 +776,11 @@ def main() -> None:
                     print(f"  p99 {latencies[rate][-1]['p99']:.0f} ms", flush=True)
     finally:
         asyncio.run(delete_topics(settings.kafka_bootstrap_servers, prefix))
-    report(fills, limit, floor, latencies)
+    report(fills, limit, floor, large, latencies)
 
 
 def report(
-    fills: dict[int, Fill], limit: Fill, floor: float,
+    fills: dict[int, Fill], limit: Fill | None, floor: float | None, large: Backlog | None,
     latencies: dict[float, list[dict[str, float]]],
 ) -> None:
     print()
@@ -594,12 +788,19 @@ def report(
     for count, fill in fills.items():
         name = f"{count} worker(s), log to PostgreSQL"
         print(f"{name:<40}{fill.rate:>9.0f} ev/s  >= 5000 ev/s")
-        print(f"{'  ratio to the limit':<40}{fill.rate / limit.rate:>14.2f}")
+        if limit is not None:
+            print(f"{'  ratio to the limit':<40}{fill.rate / limit.rate:>14.2f}")
         print(f"{'  busy cores':<40}{fill.busy_cores:>14.1f}")
+        print(f"{'  CPU per event, workers':<40}{fill.worker_cpu_us:>11.0f} us")
         print(f"{'  peak RSS of one worker':<40}{fill.peak_rss_mib:>10.0f} MiB  < 300 MiB")
-    print(f"{'limit: aiokafka + COPY, one process':<40}{limit.rate:>9.0f} ev/s")
-    print(f"{'  busy cores':<40}{limit.busy_cores:>14.1f}")
-    print(f"{'faust floor: empty agent, one hop':<40}{floor:>8.0f} msg/s")
+        print(f"{'  peak RSS of one worker, VmHWM':<40}{fill.peak_hwm_mib:>10.0f} MiB")
+    if limit is not None:
+        print(f"{'limit: aiokafka + COPY, one process':<40}{limit.rate:>9.0f} ev/s")
+        print(f"{'  busy cores':<40}{limit.busy_cores:>14.1f}")
+    if floor is not None:
+        print(f"{'faust floor: empty agent, one hop':<40}{floor:>8.0f} msg/s")
+    if large is not None:
+        report_large(large)
     for rate, runs in latencies.items():
         latency = sorted(runs, key=lambda run: run["p99"])[len(runs) // 2]
         print(f"offered {rate:.0f} webhooks/s: the run with the median p99 of {len(runs)}")
@@ -618,6 +819,27 @@ def report(
         for name, value in latency.items():
             if name.startswith("cpu "):
                 print(f"{'  CPU per event, ' + name[4:]:<40}{value:>11.0f} us")
+
+
+def report_large(large: Backlog) -> None:
+    fill = large.fill
+    mean_kb = large.appended_bytes / max(1, fill.applied) / 1000
+    print(f"large backlog: {fill.applied} invoice.updated of {mean_kb:.0f} KB "
+          f"({large.invoices} invoices), one worker")
+    print(f"{'  seconds until all in ops.event_log':<40}{fill.elapsed:>12.1f} s")
+    print(f"{'  events/s, all / 10% to 90%':<40}{fill.elapsed_rate:>7.0f} / {fill.rate:.0f}")
+    mb_per_s = large.appended_bytes / fill.elapsed / 1e6 if fill.elapsed else 0.0
+    print(f"{'  MB/s of the log, all':<40}{mb_per_s:>9.0f} MB/s")
+    print(f"{'  peak RSS of the worker, VmHWM':<40}{fill.peak_hwm_mib:>10.0f} MiB  < 400 MiB")
+    print(f"{'  peak RSS sampled (VmRSS every 0.1 s)':<40}{fill.peak_rss_mib:>10.0f} MiB")
+    print(f"{'  busy cores, all / 10% to 90%':<40}{fill.elapsed_busy_cores:>9.1f} / "
+          f"{fill.busy_cores:.1f}")
+    print(f"{'  CPU per event, worker, 10% to 90%':<40}{fill.worker_cpu_us / 1000:>11.1f} ms")
+    cpu = " / ".join(f"{fill.cpu_seconds.get(role, 0.0):.0f}"
+                     for role in ("worker", "broker", "postgres"))
+    print(f"{'  CPU s: worker / broker(s) / PostgreSQL':<40}{cpu:>14}")
+    counted = ", ".join(f"{status} {count}" for status, count in sorted(large.outcomes.items()))
+    print(f"{'  outcomes in ops.event_log':<40}  {counted}")
 
 
 if __name__ == "__main__":

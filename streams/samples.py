@@ -541,15 +541,27 @@ class EventFactory:
         subscription: Mapping[str, Any],
         *,
         billing_reason: str = "subscription_create",
+        lines: int | None = None,
     ) -> JSONObject:
-        """Return a draft invoice of ``subscription``'s current period, one line per item."""
+        """Return a draft invoice of ``subscription``'s current period, one line per item.
+
+        ``lines`` asks for that many line items in all: those past the subscription's items
+        are one-off invoice items of the same price (metered usage, itemised services): a
+        thousand lines make an event of about 900 KB, the size of Stripe's largest objects.
+        """
         invoice_id = self.new_id("invoice")
-        lines = [
+        lines_data = [
             self._invoice_line(invoice_id, subscription, item)
             for item in subscription["items"]["data"]
         ]
-        total = sum(line["amount"] for line in lines)
-        period = lines[0]["period"]["start"] if lines else self.now
+        if lines is not None and lines > len(lines_data):
+            price = subscription["items"]["data"][0]["price"]
+            lines_data.extend(
+                self._invoice_item_line(invoice_id, subscription, price)
+                for _ in range(lines - len(lines_data))
+            )
+        total = sum(line["amount"] for line in lines_data)
+        period = lines_data[0]["period"]["start"] if lines_data else self.now
         invoice = self._fixture(
             "invoice",
             id=invoice_id,
@@ -578,9 +590,9 @@ class EventFactory:
             shipping_cost=None,
             lines={
                 "object": "list",
-                "data": lines,
+                "data": lines_data,
                 "has_more": False,
-                "total_count": len(lines),
+                "total_count": len(lines_data),
                 "url": f"/v1/invoices/{invoice_id}/lines",
             },
             parent={
@@ -618,6 +630,41 @@ class EventFactory:
                     "subscription": subscription["id"],
                     "subscription_item": item["id"],
                 },
+            },
+            pricing={
+                "type": "price_details",
+                "price_details": {"price": price["id"], "product": price["product"]},
+                "unit_amount_decimal": price["unit_amount_decimal"],
+            },
+        )
+        return line
+
+    def _invoice_item_line(
+        self, invoice_id: str, subscription: Mapping[str, Any], price: Mapping[str, Any]
+    ) -> JSONObject:
+        line: JSONObject = copy.deepcopy(stripe_objects()["invoice"]["lines"]["data"][0])
+        quantity = self.random.randint(1, 40)
+        amount = price["unit_amount"] * quantity
+        day = datetime.fromtimestamp(self.now, UTC).date().isoformat()
+        line.update(
+            id=self.new_id("invoice_line_item"),
+            invoice=invoice_id,
+            livemode=self.livemode,
+            amount=amount,
+            subtotal=amount,
+            currency=price["currency"],
+            quantity=quantity,
+            description=f"{quantity} \N{MULTIPLICATION SIGN} {price['nickname']} ({day})",
+            period={"start": self.now, "end": self.now},
+            parent={
+                "type": "invoice_item_details",
+                "invoice_item_details": {
+                    "invoice_item": self.new_id("invoiceitem"),
+                    "proration": False,
+                    "proration_details": {"credited_items": None},
+                    "subscription": subscription["id"],
+                },
+                "subscription_item_details": None,
             },
             pricing={
                 "type": "price_details",
