@@ -1,15 +1,13 @@
-# One image for every stripe-streams command: gateway, worker, monitor, migrate, replay, dlq.
+# One image for every stripe-streams command: gateway, worker, migrate.
 FROM python:3.11-slim
 WORKDIR /app
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY streams streams
 COPY ingest ingest
 COPY projections projections
-COPY schemas schemas
-COPY migrations migrations
-COPY scripts scripts
-RUN pip install --no-cache-dir -e .
+# A regular install: the migrations and Avro schemas ship inside the packages.
+RUN pip install --no-cache-dir . && rm -rf streams ingest projections
 USER nobody
 ENTRYPOINT ["stripe-streams"]
 CMD ["--help"]

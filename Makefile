@@ -24,6 +24,7 @@ migrate: services
 lint: install
 	$(BIN)/ruff check streams ingest projections tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 unit: install
 	$(BIN)/pytest -q tests/unit
@@ -32,7 +33,7 @@ test: migrate lint
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
 demo: migrate
-	$(BIN)/python -m streams.demo
+	$(BIN)/python -m streams.devtools.demo
 
 down:
 	$(CLI) services down

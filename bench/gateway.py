@@ -45,10 +45,10 @@ import uvloop
 from aiokafka import AIOKafkaProducer
 
 from ingest.signature import signature_header
-from streams.codec import encode_event
-from streams.envelope import EventEnvelope, EventSource
+from streams.log.codec import encode_event
+from streams.log.envelope import EventEnvelope, EventSource
+from streams.log.topics import MAX_MESSAGE_BYTES
 from streams.settings import REPO_ROOT, Secret, Settings
-from streams.topics import MAX_MESSAGE_BYTES
 
 FIXTURES = REPO_ROOT.parent / "shared" / "stripe" / "fixtures3.json"
 SECRET = Secret("whsec_bench_gateway")

@@ -69,13 +69,12 @@ from psycopg.types.json import Jsonb
 
 from ingest.signature import signature_header
 from projections.migrations import migrate
-from streams.app import worker_topics
-from streams.codec import decode_event, encode_event
-from streams.envelope import EventEnvelope, EventSource
+from streams.devtools.samples import EventFactory
 from streams.handlers.registry import load_handlers
-from streams.samples import EventFactory
+from streams.log.codec import decode_event, encode_event
+from streams.log.envelope import EventEnvelope, EventSource
+from streams.log.topics import MAX_MESSAGE_BYTES, delete_topics, ensure_topics, worker_topics
 from streams.settings import Secret, Settings
-from streams.topics import MAX_MESSAGE_BYTES, delete_topics, ensure_topics
 
 SECRET = Secret("whsec_bench_pipeline")
 LOG_DIR = Path("/tmp") / "stripe-streams-bench"
@@ -680,7 +679,7 @@ def measure_latency(
 def measure_large_backlog(settings: Settings, count: int, lines: int, updates: int) -> Backlog:
     """Append the large backlog to the log of a fresh prefix, then start ONE worker on it."""
     run = replace(settings, topic_prefix=f"{settings.topic_prefix}large")
-    asyncio.run(ensure_topics(run.kafka_bootstrap_servers, worker_topics(run),
+    asyncio.run(ensure_topics(run.kafka_bootstrap_servers, worker_topics(run.topic_prefix),
                               run.topic_partitions))
     print(f"appending {count} invoice.updated events of {lines} lines to {run.topic()} ...",
           flush=True)
@@ -737,8 +736,9 @@ def main() -> None:
     latencies: dict[float, list[dict[str, float]]] = {}
     try:
         if preloaded:
-            asyncio.run(ensure_topics(settings.kafka_bootstrap_servers, worker_topics(settings),
-                                      6))
+            asyncio.run(ensure_topics(
+                settings.kafka_bootstrap_servers, worker_topics(settings.topic_prefix), 6
+            ))
             print(f"appending {preloaded} events to {settings.topic()} ...", flush=True)
             asyncio.run(append(settings, envelopes(lifecycle_events(preloaded, seed=3))))
         for count in worker_counts if preloaded else []:
@@ -765,7 +765,9 @@ def main() -> None:
             latencies[rate] = []
             for repeat in range(args.latency_repeats):
                 run = replace(settings, topic_prefix=f"{prefix}r{int(rate)}n{repeat}")
-                asyncio.run(ensure_topics(run.kafka_bootstrap_servers, worker_topics(run), 6))
+                asyncio.run(ensure_topics(
+                    run.kafka_bootstrap_servers, worker_topics(run.topic_prefix), 6
+                ))
                 with fresh_database(run) as url:
                     print(f"latency: {rate:.0f} webhooks/s for {args.duration:.0f}s, "
                           f"{args.latency_workers} worker(s), run {repeat + 1} ...", flush=True)

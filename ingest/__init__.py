@@ -1,1 +1,2 @@
-"""The ingest side: HTTP gateway, webhook signature verification, Kafka producer, backfill."""
+"""The ingest side: the HTTP gateway, webhook signature verification, the Kafka producer, and
+the supervisor of the gateway's processes."""

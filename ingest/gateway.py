@@ -23,12 +23,12 @@ from typing import Any
 
 import orjson
 
-from ingest.metrics import CONTENT_TYPE_LATEST, GatewayMetrics, Outcome
+from ingest.metrics import CONTENT_TYPE_LATEST, GatewayMetrics, WebhookOutcome
 from ingest.producer import EventAppender, EventTooLarge, LogUnavailable
 from ingest.signature import SignatureRejected, SigningSecrets
-from streams.codec import encode_event
-from streams.envelope import THIN_EVENT_OBJECT, EventEnvelope, EventSource
 from streams.errors import InvalidEvent
+from streams.log.codec import encode_event
+from streams.log.envelope import THIN_EVENT_OBJECT, EventEnvelope, EventSource
 from streams.outages import KAFKA, outages
 from streams.settings import DEFAULT_ENDPOINT, Secret, Settings
 
@@ -137,7 +137,7 @@ class Gateway:
             await _answer(send, 405, {"error": "use POST"}, [(b"allow", b"POST")])
             return
         if self._allowed is not None and not self._from_allowed_network(scope):
-            self.metrics.count(endpoint.name, Outcome.FORBIDDEN)
+            self.metrics.count(endpoint.name, WebhookOutcome.FORBIDDEN)
             await _answer(send, 403, {"error": "source address is not allowed"})
             return
         signature: bytes | None = None
@@ -151,7 +151,7 @@ class Gateway:
             await self._too_large(endpoint, send)
             return
         if self._concurrency and endpoint.in_flight >= self._concurrency:
-            self.metrics.count(endpoint.name, Outcome.THROTTLED)
+            self.metrics.count(endpoint.name, WebhookOutcome.THROTTLED)
             await _answer(
                 send, 429, {"error": "too many concurrent deliveries"}, [self._retry_after]
             )
@@ -179,14 +179,14 @@ class Gateway:
         try:
             endpoint.secrets.verify(body, signature, tolerance=self._tolerance)
         except SignatureRejected as exc:
-            self.metrics.count(endpoint.name, Outcome(exc.outcome))
+            self.metrics.count(endpoint.name, WebhookOutcome(exc.outcome))
             log.info("rejected a delivery to %s: %s", endpoint.name, exc)
             await _answer(send, 400, {"error": str(exc)})
             return
         try:
             event = _prepare(body, endpoint.name)
         except InvalidEvent as exc:
-            self.metrics.count(endpoint.name, Outcome.MALFORMED)
+            self.metrics.count(endpoint.name, WebhookOutcome.MALFORMED)
             log.info("rejected a signed delivery to %s: %s", endpoint.name, exc)
             await _answer(send, 400, {"error": str(exc)})
             return
@@ -194,16 +194,16 @@ class Gateway:
         try:
             await self._log.append(event.key, event.message)
         except LogUnavailable as exc:
-            self.metrics.count(endpoint.name, Outcome.UNAVAILABLE)
+            self.metrics.count(endpoint.name, WebhookOutcome.UNAVAILABLE)
             log.warning("answering 503 for %s: %s", envelope.id, exc)
             await _answer(send, 503, {"error": "event log unavailable"}, [self._retry_after])
             return
         except EventTooLarge as exc:
-            self.metrics.count(endpoint.name, Outcome.TOO_LARGE)
+            self.metrics.count(endpoint.name, WebhookOutcome.TOO_LARGE)
             log.warning("answering 413 for %s: %s", envelope.id, exc)
             await _answer(send, 413, {"error": str(exc)})
             return
-        self.metrics.count(endpoint.name, Outcome.ACCEPTED)
+        self.metrics.count(endpoint.name, WebhookOutcome.ACCEPTED)
         self.metrics.observe_ingest(time.perf_counter() - received)
         if event.thin:
             log.info(
@@ -213,7 +213,7 @@ class Gateway:
         await _answer(send, 200, {"received": True, "id": envelope.id})
 
     async def _too_large(self, endpoint: Endpoint, send: Send) -> None:
-        self.metrics.count(endpoint.name, Outcome.TOO_LARGE)
+        self.metrics.count(endpoint.name, WebhookOutcome.TOO_LARGE)
         # Closing the connection spares reading the rest of a body nobody will use.
         await _answer(
             send, 413, {"error": f"body exceeds {MAX_BODY_BYTES} bytes"},

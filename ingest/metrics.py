@@ -21,7 +21,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
-__all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics", "Outcome"]
+__all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics", "WebhookOutcome"]
 
 # Finer below 10 ms, where a healthy gateway answers, than the client's default buckets.
 INGEST_BUCKETS = (
@@ -30,7 +30,7 @@ INGEST_BUCKETS = (
 )
 
 
-class Outcome(StrEnum):
+class WebhookOutcome(StrEnum):
     """What became of one webhook delivery (``outcome`` label of webhooks_total)."""
 
     ACCEPTED = "accepted"
@@ -70,10 +70,10 @@ class GatewayMetrics:
         self._webhooks = {
             (endpoint, outcome): webhooks.labels(endpoint, outcome.value)
             for endpoint in endpoints
-            for outcome in Outcome
+            for outcome in WebhookOutcome
         }
 
-    def count(self, endpoint: str, outcome: Outcome) -> None:
+    def count(self, endpoint: str, outcome: WebhookOutcome) -> None:
         """Count one delivery to a known endpoint."""
         self._webhooks[endpoint, outcome].inc()
 

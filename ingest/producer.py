@@ -14,9 +14,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from streams.errors import DependencyUnavailable, StreamsError
+from streams.log.topics import MAX_MESSAGE_BYTES, ensure_topics
 from streams.outages import KAFKA, outages
 from streams.settings import Settings
-from streams.topics import MAX_MESSAGE_BYTES, ensure_topics
 
 
 class LogUnavailable(DependencyUnavailable):

@@ -1,1 +1,2 @@
-"""PostgreSQL writers, mirror and monitoring tables, migrations, metrics and the monitor API."""
+"""The PostgreSQL side: the batch plan (pure), the writer and the dead-letter store (SQL), the
+store a worker uses, migrations shipped in sql/, and the worker's metrics."""

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from projections.writer import AppliedEvent, Outcome
+from streams.log.consumed import AppliedEvent, Outcome
 
 LagSource = Callable[[], Mapping[tuple[str, int], int]]
 """Returns the messages not yet processed per (topic, partition) this worker consumes."""

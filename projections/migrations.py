@@ -16,11 +16,11 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import TupleRow
 
-from projections.database import database_errors
+from projections.database import SQL_DIR, database_errors
 from streams.errors import MigrationError, Misconfiguration
-from streams.settings import REPO_ROOT
 
-MIGRATIONS_DIR = REPO_ROOT / "migrations"
+MIGRATIONS_DIR = SQL_DIR / "migrations"
+"""Where the migrations ship: inside the package, so any installation finds them."""
 _FILE_NAME = re.compile(r"^(\d{3,})_[a-z0-9_]+\.sql$")
 # Arbitrary constant naming this project's migration lock among advisory locks.
 _LOCK_KEY = 0x5354524D
@@ -50,7 +50,11 @@ class Migration:
 
 
 def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
-    """Return a directory's migrations in version order; refuse bad names and duplicates."""
+    """Return a directory's migrations in version order; refuse bad names, duplicates and none.
+
+    An installation without its migration files would otherwise report an empty database as
+    up to date.
+    """
     found: dict[int, Migration] = {}
     for path in sorted(directory.glob("*.sql")):
         match = _FILE_NAME.match(path.name)
@@ -60,6 +64,8 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
         if version in found:
             raise MigrationError(f"{path.name}: version {version} is used twice")
         found[version] = Migration(version, path.name, path.read_text(encoding="utf-8"))
+    if not found:
+        raise MigrationError(f"no migration files in {directory}: this installation is incomplete")
     return [found[version] for version in sorted(found)]
 
 

@@ -8,32 +8,21 @@ database says exactly which events it already holds, whatever Kafka's committed 
 
 from __future__ import annotations
 
-import json
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from decimal import Decimal
-from enum import StrEnum
 from functools import cache
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg import AsyncConnection, AsyncCursor, sql
 from psycopg.errors import ProgramLimitExceeded
-from psycopg.types.json import Json, Jsonb
+from psycopg.types.json import Json
 
 from projections.database import queries
-from streams.codec import DeadLetter
-from streams.envelope import (
-    EARLIEST_CREATED,
-    LATEST_CREATED,
-    MAX_ID_LENGTH,
-    EventEnvelope,
-)
-from streams.errors import InvalidEvent, StreamsError
-from streams.handlers.registry import HandlerRegistry, MirrorRow, Projection
+from projections.plan import BatchPlan, Candidate, EventRecord, dumps
+from streams.errors import StreamsError
+from streams.handlers.registry import HandlerRegistry
+from streams.log.consumed import AppliedEvent, BatchRejected, ConsumedEvent, Outcome
 
 MIRROR_SCHEMA = "stripe"
 COMMON_COLUMNS = (
@@ -43,103 +32,6 @@ COMMON_COLUMNS = (
 # Written columns per mirror table, checked once against the catalog (the schema only changes
 # by migration, and a worker is restarted after one).
 _written_columns_cache: dict[str, tuple[str, ...]] = {}
-
-
-class Outcome(StrEnum):
-    """What applying a batch did with one consumed event."""
-
-    PROCESSED = "processed"
-    """Its rows were written: it is the newest event of its object."""
-    STALE = "stale"
-    """A newer event of its object was already applied; its object's row was left alone."""
-    UNHANDLED = "unhandled"
-    """No handler projects its type; it is recorded and acknowledged."""
-    DEAD_LETTERED = "dead_lettered"
-    """Retries could not apply it; it went to the dead-letter topic."""
-    DUPLICATE = "duplicate"
-    """Its event id was recorded before; only ``deliveries`` was counted."""
-    SKIPPED = "skipped"
-    """Its offset is at or below the stored position: an earlier run already applied it."""
-
-
-@dataclass(frozen=True, slots=True)
-class ConsumedEvent:
-    """An envelope and the log coordinates it was consumed at."""
-
-    envelope: EventEnvelope
-    topic: str
-    partition: int
-    offset: int
-
-    @property
-    def version(self) -> tuple[int, int]:
-        """Order of the events of one object: ``created``, then position in the log."""
-        return self.envelope.created, self.offset
-
-    @property
-    def coordinates(self) -> tuple[str, int, int]:
-        """Topic, partition and offset: what identifies this message in the log."""
-        return self.topic, self.partition, self.offset
-
-
-@dataclass(frozen=True, slots=True)
-class AppliedEvent:
-    """A consumed event and what its batch did with it."""
-
-    event: ConsumedEvent
-    outcome: Outcome
-
-
-class EventRejected(StreamsError):
-    """One event cannot be projected: its handler raised or broke the handler contract."""
-
-    def __init__(self, event: ConsumedEvent, handler: str, cause: BaseException) -> None:
-        super().__init__(
-            f"event {event.envelope.id} ({event.envelope.type}) failed in {handler}: "
-            f"{type(cause).__name__}: {cause}"
-        )
-        self.event = event
-        self.handler = handler
-        self.cause = cause
-        self.retriable = bool(getattr(cause, "retriable", False))
-
-
-class BatchRejected(StreamsError):
-    """PostgreSQL refused the data of a batch without saying which event; split it to find out."""
-
-    def __init__(self, cause: psycopg.Error) -> None:
-        super().__init__(f"{type(cause).__name__}: {cause}")
-        self.cause = cause
-
-
-@dataclass
-class _Candidate:
-    """A fresh event to project, its rows staged as JSON, and which rows it moved forward."""
-
-    event: ConsumedEvent
-    projection: Projection | None
-    deliveries: int
-    staged: tuple[tuple[str, bytes], ...] = ()
-    advanced: set[tuple[str, str]] = field(default_factory=set)
-
-    def outcome(self) -> Outcome:
-        """Processed when, taken in log order, it moved its own object's row forward.
-
-        An event a later one of the same batch overwrites is still processed (applying the
-        batch one event at a time would have written it); it is stale only when its object's
-        row already held a newer event when its turn came.
-        """
-        if self.projection is None:
-            return Outcome.UNHANDLED
-        if not self.projection.rows:
-            return Outcome.PROCESSED
-        own = [r for r in self.projection.rows if r.id == self.event.envelope.object_id]
-        primary = (own or list(self.projection.rows))[0]
-        advanced = (primary.table, primary.id) in self.advanced
-        return Outcome.PROCESSED if advanced else Outcome.STALE
-
-
-EventRecord = tuple[ConsumedEvent, Outcome, int]
 
 
 async def apply_batch(
@@ -195,67 +87,6 @@ async def apply_batch(
         raise BatchRejected(exc) from exc
 
 
-async def record_dead_letter(
-    conn: AsyncConnection[Any],
-    family: str,
-    event: ConsumedEvent,
-    letter: DeadLetter,
-    *,
-    projection: str | None,
-) -> bool:
-    """Record an event already produced to the dead-letter topic; return False if known.
-
-    In one transaction: the ``ops.dead_letters`` row (one per source coordinates, so recording
-    the same message twice adds nothing), its ``ops.event_log`` record with status
-    ``dead_lettered``, the stats and, for a ``projection``, the position past it. Writes nothing
-    when the message is recorded already or that position covers it (another worker recorded
-    it first). The router, which projects nothing, passes ``projection=None``. An envelope
-    field the ops tables cannot hold (see :meth:`EventEnvelope.check`) is recorded as a
-    placeholder; the dead-letter topic and the payload keep the event as it was.
-    """
-    event = _loggable(event)
-    async with conn.transaction():
-        if projection is not None:
-            locking = await _lock_positions(conn, projection, [event])
-            [(_, _, stored)] = await locking.fetchall()
-            if event.offset <= stored:
-                return False
-        cursor = await conn.execute(
-            queries("writer")["record_dead_letter"],
-            {
-                "event_id": event.envelope.id,
-                "type": event.envelope.type,
-                "family": family,
-                "handler": letter.handler,
-                "error_type": letter.error_type,
-                "error_message": letter.error_message,
-                "attempts": letter.attempts,
-                "first_failed_at": letter.first_failed_at,
-                "last_failed_at": letter.last_failed_at,
-                "source_topic": event.topic,
-                "source_partition": event.partition,
-                "source_offset": event.offset,
-                "payload": Jsonb(_payload(event.envelope)),
-            },
-        )
-        if await cursor.fetchone() is None:
-            return False
-        records: list[EventRecord] = [(event, Outcome.DEAD_LETTERED, 1)]
-        await _record_events(conn, family, records, attempts=letter.attempts)
-        await _count_stats(conn, family, records)
-        if projection is not None:
-            await _advance_positions(conn, projection, [event])
-    return True
-
-
-async def count_open_dead_letters(conn: AsyncConnection[Any]) -> int:
-    """Return how many dead letters wait for review (status ``open``)."""
-    async with conn.transaction():
-        cursor = await conn.execute(queries("writer")["count_open_dead_letters"])
-        row = await cursor.fetchone()
-    return int(row[0]) if row else 0
-
-
 async def _apply(
     conn: AsyncConnection[Any],
     family: str,
@@ -265,7 +96,7 @@ async def _apply(
     columns: Mapping[str, tuple[str, ...]],
     attempts: int,
 ) -> list[AppliedEvent]:
-    locking = await _lock_positions(conn, projection, events)
+    locking = await lock_positions(conn, projection, events)
     looking_up = await conn.execute(
         queries("writer")["logged_events"], {"event_ids": [e.envelope.id for e in events]}
     )
@@ -284,104 +115,10 @@ async def _apply(
     }
     records = plan.settle(prior)
     await _mark_removed_children(conn, plan.candidates)
-    await _record_events(conn, family, [*records, *plan.duplicates], attempts=attempts)
-    await _count_stats(conn, family, records)
-    await _advance_positions(conn, projection, fresh)
+    await record_events(conn, family, [*records, *plan.duplicates], attempts=attempts)
+    await count_stats(conn, family, records)
+    await advance_positions(conn, projection, fresh)
     return [AppliedEvent(e, plan.outcomes.get(e.coordinates, Outcome.SKIPPED)) for e in events]
-
-
-class BatchPlan:
-    """The part of applying a batch that needs no database: triage, newest rows, outcomes.
-
-    Built from the batch's fresh events (those above the stored positions), in log order, and
-    the statuses ``ops.event_log`` already holds for their ids. The first sighting of an id is
-    projected by its handler (a dead-lettered id seen again is another attempt, e.g. a DLQ
-    retry); any later sighting only counts a delivery.
-    """
-
-    def __init__(
-        self,
-        fresh: Sequence[ConsumedEvent],
-        logged: Mapping[str, str],
-        registry: HandlerRegistry,
-    ) -> None:
-        deliveries = Counter(e.envelope.id for e in fresh)
-        self.candidates: list[_Candidate] = []
-        self.outcomes: dict[tuple[str, int, int], Outcome] = {}
-        known: dict[str, EventRecord] = {}
-        seen: set[str] = set()
-        for event in fresh:
-            event_id = event.envelope.id
-            status = logged.get(event_id)
-            if status is not None and status != Outcome.DEAD_LETTERED:
-                self.outcomes[event.coordinates] = Outcome.DUPLICATE
-                known.setdefault(event_id, (event, Outcome(status), deliveries[event_id]))
-            elif event_id in seen:
-                self.outcomes[event.coordinates] = Outcome.DUPLICATE
-            else:
-                self.candidates.append(_project(event, registry, deliveries[event_id]))
-            seen.add(event_id)
-        self.duplicates: list[EventRecord] = list(known.values())
-        """Event-log records of ids logged before: each counts its deliveries, nothing else."""
-
-    def staged_rows(self) -> dict[str, list[bytes]]:
-        """Per table, the staged rows of every candidate, each a JSON object.
-
-        All of them go to PostgreSQL, which converts each to the table's row type (so it
-        refuses a bad row even when a newer event of the same object follows in the batch) and
-        upserts only the newest row per id.
-        """
-        tables: dict[str, list[bytes]] = defaultdict(list)
-        for candidate in self.candidates:
-            for table, staged in candidate.staged:
-                tables[table].append(staged)
-        return tables
-
-    def settle(self, prior: Mapping[tuple[str, str], tuple[int, int]]) -> list[EventRecord]:
-        """Decide each candidate's outcome from the rows' versions before the batch.
-
-        Replays the batch in log order: an event whose own object's row held an older version
-        (or none) when its turn came is processed, otherwise stale. Returns the event-log
-        records of the candidates.
-        """
-        versions = dict(prior)
-        records: list[EventRecord] = []
-        for candidate in self.candidates:
-            for row in candidate.projection.rows if candidate.projection else ():
-                key = (row.table, row.id)
-                current = versions.get(key)
-                if current is None or current < candidate.event.version:
-                    versions[key] = candidate.event.version
-                    candidate.advanced.add(key)
-            outcome = candidate.outcome()
-            self.outcomes[candidate.event.coordinates] = outcome
-            records.append((candidate.event, outcome, candidate.deliveries))
-        return records
-
-
-def _project(event: ConsumedEvent, registry: HandlerRegistry, deliveries: int) -> _Candidate:
-    registered = registry.lookup(event.envelope.type)
-    if registered is None:
-        return _Candidate(event, None, deliveries)
-    # Whatever fails between the payload and the JSON sent to PostgreSQL (parsing, the
-    # handler, converting a value) is this event's failure, never the batch's.
-    try:
-        projection = registered.handle(orjson.loads(event.envelope.payload))
-        _check_child_sets(projection)
-        staged = tuple((row.table, _dumps(_staged_row(row, event))) for row in projection.rows)
-    except Exception as exc:
-        raise EventRejected(event, registered.name, exc) from exc
-    return _Candidate(event, projection, deliveries, staged)
-
-
-def _check_child_sets(projection: Projection) -> None:
-    row_ids = {row.id for row in projection.rows}
-    for child_set in projection.child_sets:
-        if child_set.parent_id not in row_ids:
-            raise ValueError(
-                f"the list of {child_set.table} names parent {child_set.parent_id}, "
-                "which is not among the event's rows"
-            )
 
 
 async def _upsert_rows(
@@ -412,45 +149,17 @@ def _upsert_statement(table: str, columns: tuple[str, ...]) -> bytes:
     ).as_bytes()
 
 
-def _staged_row(row: MirrorRow, event: ConsumedEvent) -> dict[str, Any]:
-    envelope = event.envelope
-    return {
-        **row.columns,
-        "id": row.id,
-        "data": row.data,
-        "deleted": row.deleted,
-        "livemode": envelope.livemode,
-        "account": envelope.account,
-        "last_event_id": envelope.id,
-        "last_event_created": datetime.fromtimestamp(envelope.created, UTC),
-        "last_event_offset": event.offset,
-    }
-
-
 def _json(value: Any) -> Json:
     """One JSON parameter for a whole batch: PostgreSQL unpacks it into typed rows.
 
     Dumping one document in C costs a fraction of binding one array per column element by
     element, which was the largest part of the writer's CPU.
     """
-    return Json(value, dumps=_dumps)
-
-
-def _dumps(value: Any) -> bytes:
-    return orjson.dumps(value, default=_plain)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, Decimal):
-        # A JSON string keeps every digit; PostgreSQL reads it into numeric exactly.
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+    return Json(value, dumps=dumps)
 
 
 async def _mark_removed_children(
-    conn: AsyncConnection[Any], candidates: Sequence[_Candidate]
+    conn: AsyncConnection[Any], candidates: Sequence[Candidate]
 ) -> None:
     newest: dict[tuple[str, str, str], dict[str, tuple[int, int]]] = defaultdict(dict)
     for candidate in candidates:
@@ -488,7 +197,7 @@ def _removal_statement(child: str, parent_column: str, parent: str) -> bytes:
     ).as_bytes()
 
 
-async def _lock_positions(
+async def lock_positions(
     conn: AsyncConnection[Any], projection: str, events: Iterable[ConsumedEvent]
 ) -> AsyncCursor[Any]:
     """Send the locking of the positions; its result is (topic, partition, offset) rows."""
@@ -503,7 +212,7 @@ async def _lock_positions(
     )
 
 
-async def _advance_positions(
+async def advance_positions(
     conn: AsyncConnection[Any], projection: str, events: Iterable[ConsumedEvent]
 ) -> None:
     newest: dict[tuple[str, int], int] = {}
@@ -523,7 +232,7 @@ async def _advance_positions(
     )
 
 
-async def _record_events(
+async def record_events(
     conn: AsyncConnection[Any], family: str, records: Sequence[EventRecord], *, attempts: int
 ) -> None:
     if not records:
@@ -552,7 +261,7 @@ async def _record_events(
     )
 
 
-async def _count_stats(
+async def count_stats(
     conn: AsyncConnection[Any], family: str, records: Sequence[EventRecord]
 ) -> None:
     if not records:
@@ -592,38 +301,3 @@ async def _written_columns(
     return known
 
 
-def _payload(envelope: EventEnvelope) -> Any:
-    # jsonb cannot hold a NUL character, while the JSON text escapes it harmlessly.
-    if "\\u0000" in envelope.payload:
-        return {"unparsed_payload": envelope.payload}
-    try:
-        return json.loads(envelope.payload)
-    except ValueError:
-        return {"unparsed_payload": envelope.payload}
-
-
-def _loggable(event: ConsumedEvent) -> ConsumedEvent:
-    """The event with every envelope field the ops tables cannot hold replaced."""
-    envelope = event.envelope
-    try:
-        envelope.check()
-    except InvalidEvent:
-        placeholder = "invalid:{}:{}:{}".format(*event.coordinates)
-
-        def storable(value: str) -> str:
-            return placeholder if len(value) > MAX_ID_LENGTH or "\x00" in value else value
-
-        created = envelope.created
-        if not EARLIEST_CREATED <= created <= LATEST_CREATED:
-            created = int(envelope.received_at.timestamp())
-        account = envelope.account
-        envelope = replace(
-            envelope,
-            id=storable(envelope.id),
-            type=storable(envelope.type),
-            object_id=storable(envelope.object_id),
-            account=storable(account) if account is not None else None,
-            created=created,
-        )
-        return replace(event, envelope=envelope)
-    return event

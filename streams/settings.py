@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from streams.errors import ConfigurationError
-from streams.routing import FAMILIES
+from streams.log.routing import FAMILIES
+from streams.log.topics import topic_name
 
 ENDPOINT_SECRETS_PREFIX = "STRIPE_WEBHOOK_SECRETS_"
 DEFAULT_ENDPOINT = "default"
@@ -334,8 +335,7 @@ class Settings:
 
     def topic(self, suffix: str = "") -> str:
         """Return the full name of a topic: ``<prefix>.events`` plus an optional suffix."""
-        base = f"{self.topic_prefix}.events"
-        return f"{base}.{suffix}" if suffix else base
+        return topic_name(self.topic_prefix, suffix)
 
     def batch_size_for(self, family: str) -> int:
         """Return the most events one batch of a family holds."""

@@ -24,11 +24,11 @@ import pytest
 from psycopg import sql
 
 from projections.migrations import migrate
-from streams.services import LocalServices
-from streams.services.kafka import LocalKafka, free_port_pair
-from streams.services.postgres import LocalPostgres
+from streams.devtools.services import LocalServices
+from streams.devtools.services.kafka import LocalKafka, free_port_pair
+from streams.devtools.services.postgres import LocalPostgres
+from streams.log.topics import delete_topics
 from streams.settings import Settings
-from streams.topics import delete_topics
 
 TEST_SECRETS = {
     "STRIPE_WEBHOOK_SECRETS": "whsec_test_default",

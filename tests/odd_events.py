@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from streams.envelope import EventEnvelope, EventSource
-from streams.samples import EventFactory
+from streams.devtools.samples import EventFactory
+from streams.log.envelope import EventEnvelope, EventSource
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,12 @@ from streams.handlers.mirror import (
     text,
     timestamp,
 )
-from streams.handlers.registry import REGISTRY, Event, Projection
 
 PRODUCTS = Mirror.declare(
     "products",
     "product",
+    events=("product.created", "product.updated"),
+    deletes=("product.deleted",),
     name=text("name"),
     active=boolean("active"),
     default_price=reference("default_price"),
@@ -34,6 +35,8 @@ PRODUCTS = Mirror.declare(
 PRICES = Mirror.declare(
     "prices",
     "price",
+    events=("price.created", "price.updated"),
+    deletes=("price.deleted",),
     product=reference("product"),
     active=boolean("active"),
     currency=text("currency"),
@@ -49,6 +52,8 @@ PRICES = Mirror.declare(
 PLANS = Mirror.declare(
     "plans",
     "plan",
+    events=("plan.created", "plan.updated"),
+    deletes=("plan.deleted",),
     product=reference("product"),
     active=boolean("active"),
     currency=text("currency"),
@@ -62,6 +67,8 @@ PLANS = Mirror.declare(
 COUPONS = Mirror.declare(
     "coupons",
     "coupon",
+    events=("coupon.created", "coupon.updated"),
+    deletes=("coupon.deleted",),
     name=text("name"),
     duration=text("duration"),
     duration_in_months=integer("duration_in_months"),
@@ -78,6 +85,7 @@ COUPONS = Mirror.declare(
 PROMOTION_CODES = Mirror.declare(
     "promotion_codes",
     "promotion_code",
+    events=("promotion_code.created", "promotion_code.updated"),
     code=text("code"),
     coupon=first(reference("promotion", "coupon"), reference("coupon")),
     customer=reference("customer"),
@@ -87,33 +95,3 @@ PROMOTION_CODES = Mirror.declare(
     expires_at=timestamp("expires_at"),
     created=timestamp("created"),
 )
-
-
-@REGISTRY.handles("catalog", "product.created", "product.updated", deletes=("product.deleted",))
-def product_changed(event: Event) -> Projection:
-    """Mirror the product."""
-    return PRODUCTS.project(event)
-
-
-@REGISTRY.handles("catalog", "price.created", "price.updated", deletes=("price.deleted",))
-def price_changed(event: Event) -> Projection:
-    """Mirror the price."""
-    return PRICES.project(event)
-
-
-@REGISTRY.handles("catalog", "plan.created", "plan.updated", deletes=("plan.deleted",))
-def plan_changed(event: Event) -> Projection:
-    """Mirror the plan (the legacy view of a recurring price)."""
-    return PLANS.project(event)
-
-
-@REGISTRY.handles("catalog", "coupon.created", "coupon.updated", deletes=("coupon.deleted",))
-def coupon_changed(event: Event) -> Projection:
-    """Mirror the coupon."""
-    return COUPONS.project(event)
-
-
-@REGISTRY.handles("catalog", "promotion_code.created", "promotion_code.updated")
-def promotion_code_changed(event: Event) -> Projection:
-    """Mirror the promotion code."""
-    return PROMOTION_CODES.project(event)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from streams.handlers.mirror import Mirror, first, integer, reference, text, timestamp
-from streams.handlers.registry import REGISTRY, Event, Projection
 
 CHECKOUT_SESSIONS = Mirror.declare(
     "checkout_sessions",
     "checkout.session",
+    events=(
+        "checkout.session.completed",
+        "checkout.session.expired",
+        "checkout.session.async_payment_succeeded",
+        "checkout.session.async_payment_failed",
+    ),
     customer=reference("customer"),
     customer_email=first(text("customer_details", "email"), text("customer_email")),
     status=text("status"),
@@ -24,15 +29,3 @@ CHECKOUT_SESSIONS = Mirror.declare(
     expires_at=timestamp("expires_at"),
     created=timestamp("created"),
 )
-
-
-@REGISTRY.handles(
-    "checkout",
-    "checkout.session.completed",
-    "checkout.session.expired",
-    "checkout.session.async_payment_succeeded",
-    "checkout.session.async_payment_failed",
-)
-def checkout_session_changed(event: Event) -> Projection:
-    """Mirror the Checkout Session."""
-    return CHECKOUT_SESSIONS.project(event)

@@ -9,11 +9,13 @@ explicitly, below).
 from __future__ import annotations
 
 from streams.handlers.mirror import Mirror, boolean, integer, text, timestamp
-from streams.handlers.registry import REGISTRY, Event, Projection
+from streams.handlers.registry import REGISTRY
 
 CUSTOMERS = Mirror.declare(
     "customers",
     "customer",
+    events=("customer.created", "customer.updated"),
+    deletes=("customer.deleted",),
     email=text("email"),
     name=text("name"),
     phone=text("phone"),
@@ -24,26 +26,15 @@ CUSTOMERS = Mirror.declare(
 )
 
 
-@REGISTRY.handles(
-    "customers", "customer.created", "customer.updated", deletes=("customer.deleted",)
-)
-def customer_changed(event: Event) -> Projection:
-    """Mirror the customer; ``customer.deleted`` marks it deleted."""
-    return CUSTOMERS.project(event)
-
-
 REGISTRY.leaves_unhandled(
-    "customers",
     "customer.discount.deleted",
     reason="carries the discount removed from a customer, who lives on",
 )
 REGISTRY.leaves_unhandled(
-    "customers",
     "customer.source.deleted",
     reason="carries a card, bank account or source removed from a customer, who lives on",
 )
 REGISTRY.leaves_unhandled(
-    "customers",
     "customer.tax_id.deleted",
     reason="carries a tax ID deleted from a customer, who lives on; tax IDs are not mirrored",
 )

@@ -19,11 +19,28 @@ from streams.handlers.mirror import (
     text,
     timestamp,
 )
-from streams.handlers.registry import REGISTRY, Event, Projection
 
 INVOICES = Mirror.declare(
     "invoices",
     "invoice",
+    events=(
+        "invoice.created",
+        "invoice.updated",
+        "invoice.finalized",
+        "invoice.finalization_failed",
+        "invoice.sent",
+        "invoice.will_be_due",
+        "invoice.overdue",
+        "invoice.payment_action_required",
+        "invoice.payment_attempt_required",
+        "invoice.payment_failed",
+        "invoice.payment_succeeded",
+        "invoice.paid",
+        "invoice.overpaid",
+        "invoice.marked_uncollectible",
+        "invoice.voided",
+    ),
+    deletes=("invoice.deleted",),
     customer=reference("customer"),
     subscription=first(
         reference("parent", "subscription_details", "subscription"), reference("subscription")
@@ -50,6 +67,8 @@ INVOICES = Mirror.declare(
 INVOICE_ITEMS = Mirror.declare(
     "invoice_items",
     "invoiceitem",
+    events=("invoiceitem.created",),
+    deletes=("invoiceitem.deleted",),
     customer=reference("customer"),
     invoice=reference("invoice"),
     subscription=first(
@@ -69,6 +88,7 @@ INVOICE_ITEMS = Mirror.declare(
 CREDIT_NOTES = Mirror.declare(
     "credit_notes",
     "credit_note",
+    events=("credit_note.created", "credit_note.updated", "credit_note.voided"),
     customer=reference("customer"),
     invoice=reference("invoice"),
     status=text("status"),
@@ -82,39 +102,3 @@ CREDIT_NOTES = Mirror.declare(
     voided_at=timestamp("voided_at"),
     created=timestamp("created"),
 )
-
-
-@REGISTRY.handles(
-    "invoices",
-    "invoice.created",
-    "invoice.updated",
-    "invoice.finalized",
-    "invoice.finalization_failed",
-    "invoice.sent",
-    "invoice.will_be_due",
-    "invoice.overdue",
-    "invoice.payment_action_required",
-    "invoice.payment_attempt_required",
-    "invoice.payment_failed",
-    "invoice.payment_succeeded",
-    "invoice.paid",
-    "invoice.overpaid",
-    "invoice.marked_uncollectible",
-    "invoice.voided",
-    deletes=("invoice.deleted",),
-)
-def invoice_changed(event: Event) -> Projection:
-    """Mirror the invoice; ``invoice.deleted`` (a deleted draft) marks it deleted."""
-    return INVOICES.project(event)
-
-
-@REGISTRY.handles("invoices", "invoiceitem.created", deletes=("invoiceitem.deleted",))
-def invoice_item_changed(event: Event) -> Projection:
-    """Mirror the invoice item."""
-    return INVOICE_ITEMS.project(event)
-
-
-@REGISTRY.handles("invoices", "credit_note.created", "credit_note.updated", "credit_note.voided")
-def credit_note_changed(event: Event) -> Projection:
-    """Mirror the credit note."""
-    return CREDIT_NOTES.project(event)

@@ -15,12 +15,9 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from streams.envelope import EARLIEST_CREATED, LATEST_CREATED
 from streams.errors import HandlerError
 from streams.handlers.registry import REGISTRY, Event, MirrorRow, MirrorTable, Projection
-
-MIRRORS: dict[str, Mirror] = {}
-"""Every declared mirror by table name, with its column types (the migration test reads it)."""
+from streams.log.envelope import EARLIEST_CREATED, LATEST_CREATED
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,10 +230,27 @@ class Mirror:
     fields: Mapping[str, Field]
 
     @classmethod
-    def declare(cls, name: str, object_type: str, /, **fields: Field) -> Mirror:
-        """Declare the mirror table ``name`` in the registry, holding ``object_type`` objects."""
-        mirror = cls(REGISTRY.table(name, *fields), object_type, fields)
-        MIRRORS[name] = mirror
+    def declare(
+        cls,
+        name: str,
+        object_type: str,
+        /,
+        *,
+        events: tuple[str, ...] = (),
+        deletes: tuple[str, ...] = (),
+        **fields: Field,
+    ) -> Mirror:
+        """Declare the mirror table ``name`` in the registry, holding ``object_type`` objects.
+
+        An event of a type in ``events`` (or ``deletes``, whose events mark the object
+        deleted) is projected as one row of this table by ``<object_type>_changed``; a table
+        fed by a handler of its own lists no types here.
+        """
+        column_types = {column: field.sql_type for column, field in fields.items()}
+        mirror = cls(REGISTRY.table(name, column_types), object_type, fields)
+        if events or deletes:
+            handler = f"{object_type.replace('.', '_')}_changed"
+            REGISTRY.register(handler, mirror.project, *events, deletes=deletes)
         return mirror
 
     def row(self, obj: StripeObject) -> MirrorRow:

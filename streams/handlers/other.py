@@ -8,22 +8,18 @@ from __future__ import annotations
 from streams.handlers.registry import REGISTRY
 
 REGISTRY.leaves_unhandled(
-    "other",
     "account.external_account.deleted",
     reason="carries a connected account's deleted bank account or card; not mirrored",
 )
 REGISTRY.leaves_unhandled(
-    "other",
     "apps.install.deleted",
     reason="says a Stripe App was uninstalled from the account; not mirrored",
 )
 REGISTRY.leaves_unhandled(
-    "other",
     "person.deleted",
     reason="carries a person deleted from a connected account; not mirrored",
 )
 REGISTRY.leaves_unhandled(
-    "other",
     "test_helpers.test_clock.deleted",
     reason="carries a deleted test clock (test mode only); not mirrored",
 )

@@ -6,11 +6,20 @@
 from __future__ import annotations
 
 from streams.handlers.mirror import Mirror, boolean, integer, reference, text, timestamp
-from streams.handlers.registry import REGISTRY, Event, Projection
 
 PAYMENT_INTENTS = Mirror.declare(
     "payment_intents",
     "payment_intent",
+    events=(
+        "payment_intent.created",
+        "payment_intent.processing",
+        "payment_intent.requires_action",
+        "payment_intent.amount_capturable_updated",
+        "payment_intent.partially_funded",
+        "payment_intent.succeeded",
+        "payment_intent.payment_failed",
+        "payment_intent.canceled",
+    ),
     customer=reference("customer"),
     status=text("status"),
     amount=integer("amount"),
@@ -28,6 +37,15 @@ PAYMENT_INTENTS = Mirror.declare(
 CHARGES = Mirror.declare(
     "charges",
     "charge",
+    events=(
+        "charge.pending",
+        "charge.succeeded",
+        "charge.failed",
+        "charge.captured",
+        "charge.expired",
+        "charge.refunded",
+        "charge.updated",
+    ),
     customer=reference("customer"),
     payment_intent=reference("payment_intent"),
     invoice=reference("invoice"),
@@ -48,6 +66,7 @@ CHARGES = Mirror.declare(
 REFUNDS = Mirror.declare(
     "refunds",
     "refund",
+    events=("refund.created", "refund.updated", "refund.failed", "charge.refund.updated"),
     charge=reference("charge"),
     payment_intent=reference("payment_intent"),
     status=text("status"),
@@ -60,6 +79,12 @@ REFUNDS = Mirror.declare(
 PAYMENT_METHODS = Mirror.declare(
     "payment_methods",
     "payment_method",
+    events=(
+        "payment_method.attached",
+        "payment_method.updated",
+        "payment_method.automatically_updated",
+        "payment_method.detached",
+    ),
     customer=reference("customer"),
     type=text("type"),
     card_brand=text("card", "brand"),
@@ -72,73 +97,16 @@ PAYMENT_METHODS = Mirror.declare(
 SETUP_INTENTS = Mirror.declare(
     "setup_intents",
     "setup_intent",
+    events=(
+        "setup_intent.created",
+        "setup_intent.requires_action",
+        "setup_intent.succeeded",
+        "setup_intent.setup_failed",
+        "setup_intent.canceled",
+    ),
     customer=reference("customer"),
     status=text("status"),
     payment_method=reference("payment_method"),
     usage=text("usage"),
     created=timestamp("created"),
 )
-
-
-@REGISTRY.handles(
-    "payments",
-    "payment_intent.created",
-    "payment_intent.processing",
-    "payment_intent.requires_action",
-    "payment_intent.amount_capturable_updated",
-    "payment_intent.partially_funded",
-    "payment_intent.succeeded",
-    "payment_intent.payment_failed",
-    "payment_intent.canceled",
-)
-def payment_intent_changed(event: Event) -> Projection:
-    """Mirror the payment intent."""
-    return PAYMENT_INTENTS.project(event)
-
-
-@REGISTRY.handles(
-    "payments",
-    "charge.pending",
-    "charge.succeeded",
-    "charge.failed",
-    "charge.captured",
-    "charge.expired",
-    "charge.refunded",
-    "charge.updated",
-)
-def charge_changed(event: Event) -> Projection:
-    """Mirror the charge."""
-    return CHARGES.project(event)
-
-
-@REGISTRY.handles(
-    "payments", "refund.created", "refund.updated", "refund.failed", "charge.refund.updated"
-)
-def refund_changed(event: Event) -> Projection:
-    """Mirror the refund."""
-    return REFUNDS.project(event)
-
-
-@REGISTRY.handles(
-    "payments",
-    "payment_method.attached",
-    "payment_method.updated",
-    "payment_method.automatically_updated",
-    "payment_method.detached",
-)
-def payment_method_changed(event: Event) -> Projection:
-    """Mirror the payment method; once detached its customer is null."""
-    return PAYMENT_METHODS.project(event)
-
-
-@REGISTRY.handles(
-    "payments",
-    "setup_intent.created",
-    "setup_intent.requires_action",
-    "setup_intent.succeeded",
-    "setup_intent.setup_failed",
-    "setup_intent.canceled",
-)
-def setup_intent_changed(event: Event) -> Projection:
-    """Mirror the setup intent."""
-    return SETUP_INTENTS.project(event)

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
+from streams.log.routing import route_event
+
 Event = Mapping[str, Any]
 
 
@@ -30,7 +32,13 @@ class MirrorTable:
     """
 
     name: str
-    columns: tuple[str, ...]
+    column_types: Mapping[str, str]
+    """Each typed column and its SQL type (``text``, ``bigint``, ``timestamptz``, ...)."""
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The typed columns' names, in declaration order."""
+        return tuple(self.column_types)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,36 +106,44 @@ class HandlerRegistry:
     _unhandled: dict[str, UnhandledType] = field(default_factory=dict)
     _tables: dict[str, MirrorTable] = field(default_factory=dict)
 
-    def table(self, name: str, *columns: str) -> MirrorTable:
-        """Declare a mirror table and its typed columns."""
+    def table(self, name: str, column_types: Mapping[str, str]) -> MirrorTable:
+        """Declare a mirror table and its typed columns with their SQL types."""
         if name in self._tables:
             raise ValueError(f"mirror table {name!r} is declared twice")
-        declared = MirrorTable(name, columns)
+        declared = MirrorTable(name, dict(column_types))
         self._tables[name] = declared
         return declared
 
     def handles(
-        self, family: str, *event_types: str, deletes: tuple[str, ...] = ()
+        self, *event_types: str, deletes: tuple[str, ...] = ()
     ) -> Callable[[Handler], Handler]:
         """Register the decorated pure function as the handler of these event types.
 
         Types in ``deletes`` are handled too, and their events mark the object deleted: list
-        there only the types whose event means the object no longer exists in Stripe.
+        there only the types whose event means the object no longer exists in Stripe. The
+        family is the one the routing table sends these types to.
         """
 
         def register(handler: Handler) -> Handler:
-            name = f"{family}.{handler.__name__}"
-            for event_type in (*event_types, *deletes):
-                self._claim(event_type)
-                self._handlers[event_type] = RegisteredHandler(
-                    family, name, handler, deletes=event_type in deletes
-                )
+            self.register(handler.__name__, handler, *event_types, deletes=deletes)
             return handler
 
         return register
 
-    def leaves_unhandled(self, family: str, *event_types: str, reason: str) -> None:
-        """Record event types ``family``'s topic carries but deliberately does not project."""
+    def register(
+        self, name: str, handler: Handler, *event_types: str, deletes: tuple[str, ...] = ()
+    ) -> None:
+        """Register ``handler``, named ``name`` in dead letters, for these event types."""
+        family = _family_of((*event_types, *deletes))
+        for event_type in (*event_types, *deletes):
+            self._claim(event_type)
+            self._handlers[event_type] = RegisteredHandler(
+                family, f"{family}.{name}", handler, deletes=event_type in deletes
+            )
+
+    def leaves_unhandled(self, *event_types: str, reason: str) -> None:
+        """Record event types a family's topic carries but deliberately does not project."""
+        family = _family_of(event_types)
         for event_type in event_types:
             self._claim(event_type)
             self._unhandled[event_type] = UnhandledType(family, reason)
@@ -159,6 +175,14 @@ class HandlerRegistry:
     def unhandled_types(self) -> Mapping[str, UnhandledType]:
         """Every event type recorded as left unhandled, with its family and reason."""
         return self._unhandled
+
+
+def _family_of(event_types: tuple[str, ...]) -> str:
+    """The one family the routing table sends all these event types to."""
+    families = {route_event(event_type) for event_type in event_types}
+    if len(families) != 1:
+        raise ValueError(f"event types {sorted(event_types)} route to families {sorted(families)}")
+    return families.pop()
 
 
 REGISTRY = HandlerRegistry()

@@ -86,6 +86,15 @@ SUBSCRIPTION_ITEMS = Mirror.declare(
 SUBSCRIPTION_SCHEDULES = Mirror.declare(
     "subscription_schedules",
     "subscription_schedule",
+    events=(
+        "subscription_schedule.created",
+        "subscription_schedule.updated",
+        "subscription_schedule.expiring",
+        "subscription_schedule.released",
+        "subscription_schedule.completed",
+        "subscription_schedule.canceled",
+        "subscription_schedule.aborted",
+    ),
     customer=reference("customer"),
     subscription=reference("subscription"),
     status=text("status"),
@@ -101,7 +110,6 @@ SUBSCRIPTION_SCHEDULES = Mirror.declare(
 
 
 @REGISTRY.handles(
-    "subscriptions",
     "customer.subscription.created",
     "customer.subscription.updated",
     # Ends the subscription, which Stripe keeps as canceled: not in ``deletes``.
@@ -138,18 +146,3 @@ def subscription_changed(event: Event) -> Projection:
         else ()
     )
     return Projection(rows=(row, *item_rows), child_sets=child_sets)
-
-
-@REGISTRY.handles(
-    "subscriptions",
-    "subscription_schedule.created",
-    "subscription_schedule.updated",
-    "subscription_schedule.expiring",
-    "subscription_schedule.released",
-    "subscription_schedule.completed",
-    "subscription_schedule.canceled",
-    "subscription_schedule.aborted",
-)
-def subscription_schedule_changed(event: Event) -> Projection:
-    """Mirror the subscription schedule."""
-    return SUBSCRIPTION_SCHEDULES.project(event)

@@ -16,7 +16,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from projections.migrations import discover
-from streams.samples import EventFactory
+from streams.devtools.samples import EventFactory
 
 pytestmark = pytest.mark.integration
 

@@ -28,11 +28,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.signature import signature_header
-from streams.codec import decode_event
-from streams.envelope import EventEnvelope, EventSource
-from streams.services.kafka import LocalKafka
+from streams.devtools.services.kafka import LocalKafka
+from streams.log.codec import decode_event
+from streams.log.envelope import EventEnvelope, EventSource
+from streams.log.topics import delete_topics
 from streams.settings import Secret
-from streams.topics import delete_topics
 from tests.integration.worker_support import free_port
 
 OLD = Secret("whsec_test_previous")

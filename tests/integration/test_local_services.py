@@ -9,12 +9,12 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 
+from streams.devtools.services import kafka
+from streams.devtools.services.kafka import LocalKafka
+from streams.devtools.services.postgres import LocalPostgres
+from streams.devtools.services.process import is_alive
 from streams.errors import ServiceError
-from streams.services import kafka
-from streams.services.kafka import LocalKafka
-from streams.services.postgres import LocalPostgres
-from streams.services.process import is_alive
-from streams.topics import ensure_topics
+from streams.log.topics import ensure_topics
 
 
 def test_kafka_up_is_idempotent_and_down_stops_it(private_kafka: LocalKafka) -> None:

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streams.codec import decode_event, encode_event
-from streams.envelope import EventEnvelope, EventSource
+from streams.log.codec import decode_event, encode_event
+from streams.log.envelope import EventEnvelope, EventSource
+from streams.log.topics import ensure_topics
 from streams.settings import Settings
-from streams.topics import ensure_topics
 
 
 def _envelope(n: int) -> EventEnvelope:

@@ -21,11 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from projections.writer import ConsumedEvent, Outcome, apply_batch
-from streams.envelope import EventEnvelope, EventSource
+from projections.writer import apply_batch
+from streams.devtools.samples import EventFactory
 from streams.handlers.registry import load_handlers
-from streams.routing import route_event
-from streams.samples import EventFactory
+from streams.log.consumed import ConsumedEvent, Outcome
+from streams.log.envelope import EventEnvelope, EventSource
+from streams.log.routing import route_event
 
 pytestmark = pytest.mark.integration
 PARTITIONS = 3

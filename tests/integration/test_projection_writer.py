@@ -10,19 +10,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from projections.writer import (
-    BatchRejected,
-    ConsumedEvent,
-    EventRejected,
-    Outcome,
-    apply_batch,
-    count_open_dead_letters,
-    record_dead_letter,
-)
-from streams.codec import DeadLetter
-from streams.envelope import EventSource
+from projections.dead_letters import count_open_dead_letters, record_dead_letter
+from projections.writer import apply_batch
+from streams.devtools.samples import EventFactory
 from streams.handlers.registry import load_handlers
-from streams.samples import EventFactory
+from streams.log.consumed import BatchRejected, ConsumedEvent, EventRejected, Outcome
+from streams.log.envelope import DeadLetter, EventSource
 from tests.integration.test_projection_ordering import envelope_of, event_log, mirror_snapshot
 
 pytestmark = pytest.mark.integration

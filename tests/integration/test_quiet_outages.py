@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from projections.migrations import migrate
-from streams.services.kafka import LocalKafka
-from streams.services.postgres import LocalPostgres
+from streams.devtools.services.kafka import LocalKafka
+from streams.devtools.services.postgres import LocalPostgres
 from streams.settings import Settings
 from tests.conftest import TEST_SECRETS
 from tests.integration.worker_support import (

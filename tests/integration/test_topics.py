@@ -11,10 +11,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.metadata import MetadataRequest
 
-from streams.app import worker_topics
 from streams.errors import ConfigurationError
-from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.log.topics import ensure_topics, worker_topics
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +45,7 @@ async def led_partitions(bootstrap: str, names: list[str]) -> dict[str, list[int
 
 
 def pipeline_topics(prefix: str) -> list[str]:
-    return worker_topics(Settings.from_env({"STRIPE_STREAMS_TOPIC_PREFIX": prefix}))
+    return worker_topics(prefix)
 
 
 @pytest.mark.parametrize("head_start", [False, True], ids=["being-created", "just-created"])

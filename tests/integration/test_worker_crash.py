@@ -9,7 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from streams.samples import EventFactory
+from streams.devtools.samples import EventFactory
 from streams.settings import Settings
 from tests.integration.test_projection_ordering import (
     apply_in_batches,

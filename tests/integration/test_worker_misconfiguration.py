@@ -21,9 +21,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from projections.database import connection
 from projections.migrations import discover
+from streams.devtools.services.postgres import LocalPostgres
 from streams.errors import DependencyUnavailable, Misconfiguration
 from streams.outages import outages
-from streams.services.postgres import LocalPostgres
 from streams.settings import Settings
 from tests.integration.worker_support import environment, free_port
 

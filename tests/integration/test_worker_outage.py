@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from projections.migrations import migrate
-from streams.services.postgres import LocalPostgres
+from streams.devtools.services.postgres import LocalPostgres
 from streams.settings import Settings
 from tests.integration.test_projection_ordering import (
     apply_in_batches,

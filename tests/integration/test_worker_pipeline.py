@@ -9,10 +9,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from streams.codec import encode_event
-from streams.envelope import EventEnvelope
-from streams.routing import FAMILIES
-from streams.samples import EventFactory
+from streams.devtools.samples import EventFactory
+from streams.log.codec import encode_event
+from streams.log.envelope import EventEnvelope
+from streams.log.routing import FAMILIES
 from streams.settings import Settings
 from tests.integration.test_projection_ordering import (
     STORY,

@@ -17,11 +17,10 @@ import httpx
 import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.app import worker_topics
-from streams.codec import DeadLetter, decode_dead_letter, encode_event
-from streams.envelope import EventEnvelope
+from streams.log.codec import decode_dead_letter, encode_event
+from streams.log.envelope import DeadLetter, EventEnvelope
+from streams.log.topics import MAX_MESSAGE_BYTES, ensure_topics, worker_topics
 from streams.settings import Settings
-from streams.topics import MAX_MESSAGE_BYTES, ensure_topics
 
 # Fast retries keep poison tests short; outages are waited out whatever these say.
 FAST_RETRIES = {
@@ -101,7 +100,8 @@ class WorkerProcess:
 def prepare_topics(settings: Settings) -> None:
     asyncio.run(
         ensure_topics(
-            settings.kafka_bootstrap_servers, worker_topics(settings), settings.topic_partitions
+            settings.kafka_bootstrap_servers, worker_topics(settings.topic_prefix),
+            settings.topic_partitions,
         )
     )
 

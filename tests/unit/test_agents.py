@@ -16,15 +16,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from projections.writer import AppliedEvent, ConsumedEvent, Outcome
-from streams.agents import WorkerRuntime, event_type_of
-from streams.app import create_app
-from streams.codec import DeadLetter, decode_event, encode_event
-from streams.dead_letters import DeadLetterPolicy, RetryPolicy
-from streams.envelope import EventEnvelope, EventSource
+from streams.devtools.samples import EventFactory
 from streams.errors import CodecError
-from streams.samples import EventFactory
+from streams.log.codec import decode_event, encode_event, event_type_of
+from streams.log.consumed import AppliedEvent, ConsumedEvent, Outcome
+from streams.log.envelope import DeadLetter, EventEnvelope, EventSource
 from streams.settings import Settings
+from streams.worker.app import create_app
+from streams.worker.runtime import WorkerRuntime
+from streams.worker.settling import BatchSettler, RetryPolicy
 from tests.unit.test_codec import envelopes
 from tests.unit.test_forwarding import RecordingProducer
 
@@ -51,22 +51,26 @@ class FakeRuntime(WorkerRuntime):
     async def on_stop(self) -> None:
         return None
 
-    def policy(self, family: str, *, projection: str | None) -> DeadLetterPolicy:
-        async def apply(events: Sequence[ConsumedEvent], attempts: int) -> list[AppliedEvent]:
-            if self.fail is not None:
-                raise self.fail
-            self.applied.extend((family, event) for event in events)
-            self.batches.append(len(events))
-            return [AppliedEvent(event, Outcome.PROCESSED) for event in events]
+    async def apply(
+        self, family: str, events: Sequence[ConsumedEvent], attempts: int
+    ) -> list[AppliedEvent]:
+        if self.fail is not None:
+            raise self.fail
+        self.applied.extend((family, event) for event in events)
+        self.batches.append(len(events))
+        return [AppliedEvent(event, Outcome.PROCESSED) for event in events]
 
-        async def publish(letter: DeadLetter) -> None:
-            self.letters.append(letter)
+    async def record_dead_letter(
+        self, family: str, event: ConsumedEvent, letter: DeadLetter, projection: str | None
+    ) -> bool:
+        return True
 
-        async def record(event: ConsumedEvent, letter: DeadLetter) -> bool:
-            return True
+    async def publish(self, letter: DeadLetter) -> None:
+        self.letters.append(letter)
 
-        return DeadLetterPolicy(
-            family, apply=apply, publish=publish, record=record,
+    def settler(self, family: str, *, projection: str | None) -> BatchSettler:
+        return BatchSettler(
+            family, store=self, projection=projection, publish=self.publish,
             handler_of=lambda event_type: "test", retry=RetryPolicy(max_attempts=1),
         )
 

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.codec import (
+from streams.errors import CodecError
+from streams.log.codec import (
     DeadLetter,
     decode_dead_letter,
     decode_event,
@@ -16,8 +17,7 @@ from streams.codec import (
     encode_event,
     schemas,
 )
-from streams.envelope import EventEnvelope, EventSource
-from streams.errors import CodecError
+from streams.log.envelope import EventEnvelope, EventSource
 
 texts = st.text(max_size=40)
 instants = st.datetimes(

@@ -13,17 +13,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from projections.writer import (
+from streams.errors import DependencyUnavailable, HandlerError
+from streams.log.consumed import (
     AppliedEvent,
     BatchRejected,
     ConsumedEvent,
     EventRejected,
     Outcome,
 )
-from streams.codec import DeadLetter
-from streams.dead_letters import DeadLetterPolicy, RetryPolicy, patiently
-from streams.envelope import EventEnvelope, EventSource
-from streams.errors import DependencyUnavailable, HandlerError
+from streams.log.envelope import DeadLetter, EventEnvelope, EventSource
+from streams.worker.settling import BatchSettler, RetryPolicy, patiently
 
 TOPIC = "stripe.events.customers"
 
@@ -68,7 +67,9 @@ class FakeProjection:
     sleeps: list[float] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
 
-    async def apply(self, events: Sequence[ConsumedEvent], attempts: int) -> list[AppliedEvent]:
+    async def apply(
+        self, family: str, events: Sequence[ConsumedEvent], attempts: int
+    ) -> list[AppliedEvent]:
         if self.broken is not None:
             raise self.broken
         if self.outages:
@@ -96,7 +97,9 @@ class FakeProjection:
         self.published.append(letter)
         self.steps.append(f"publish {letter.event.id}")
 
-    async def record(self, event: ConsumedEvent, letter: DeadLetter) -> bool:
+    async def record_dead_letter(
+        self, family: str, event: ConsumedEvent, letter: DeadLetter, projection: str | None
+    ) -> bool:
         self.recorded.append(letter)
         self.steps.append(f"record {event.envelope.id}")
         return True
@@ -104,19 +107,19 @@ class FakeProjection:
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
 
-    def policy(self, retry: RetryPolicy | None = None) -> DeadLetterPolicy:
-        return DeadLetterPolicy(
+    def policy(self, retry: RetryPolicy | None = None) -> BatchSettler:
+        return BatchSettler(
             "customers",
-            apply=self.apply,
+            store=self,
+            projection="customers",
             publish=self.publish,
-            record=self.record,
             handler_of=lambda event_type: "customers.customer_changed",
             retry=retry or RetryPolicy(max_attempts=3, backoff=0.5, backoff_max=30.0),
             sleep=self.sleep,
         )
 
 
-def run(policy: DeadLetterPolicy, events: Sequence[ConsumedEvent]) -> list[AppliedEvent]:
+def run(policy: BatchSettler, events: Sequence[ConsumedEvent]) -> list[AppliedEvent]:
     return asyncio.run(policy.apply(events))
 
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from streams.devtools.samples import EventFactory
 from streams.handlers.registry import HandlerRegistry, Projection, load_handlers
-from streams.routing import route_event
-from streams.samples import EventFactory
+from streams.log.routing import route_event
 
 REGISTRY = load_handlers()
 STRIPE_EVENT_TYPES = Path(__file__).resolve().parents[1] / "data" / "stripe_event_types.txt"
@@ -125,6 +125,16 @@ def test_a_deleted_stub_marks_the_row_deleted_whatever_the_type(event_type: str)
 
 def test_a_type_cannot_be_both_handled_and_left_unhandled() -> None:
     registry = HandlerRegistry()
-    registry.leaves_unhandled("widgets", "widget.deleted", reason="not mirrored")
+    registry.leaves_unhandled("widget.deleted", reason="not mirrored")
     with pytest.raises(ValueError, match=r"'widget\.deleted' is declared twice"):
-        registry.handles("widgets", deletes=("widget.deleted",))(lambda event: Projection())
+        registry.handles(deletes=("widget.deleted",))(lambda event: Projection())
+
+
+def test_a_handler_belongs_to_the_family_the_routing_table_names() -> None:
+    registry = HandlerRegistry()
+    registry.handles("customer.created")(lambda event: Projection())
+
+    registered = registry.lookup("customer.created")
+    assert registered is not None and registered.family == route_event("customer.created")
+    with pytest.raises(ValueError, match="route to families"):
+        registry.handles("customer.updated", "invoice.paid")(lambda event: Projection())

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from streams.envelope import EventEnvelope, EventSource
+from streams.devtools.samples import stripe_objects
 from streams.errors import InvalidEvent
-from streams.samples import stripe_objects
+from streams.log.envelope import EventEnvelope, EventSource
 
 
 def _fixture_event() -> dict[str, Any]:

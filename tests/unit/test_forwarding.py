@@ -8,7 +8,7 @@ from typing import cast
 from aiokafka import AIOKafkaProducer
 from faust.types import TP, Message
 
-from streams.forwarding import forward
+from streams.worker.forwarding import forward
 
 
 class RecordingBatch:

@@ -14,7 +14,7 @@ import pytest
 from ingest.gateway import Gateway
 from ingest.producer import LogUnavailable
 from ingest.signature import signature_header
-from ingest.workers import run_gateway
+from ingest.supervisor import run_gateway
 from streams.errors import ConfigurationError
 from streams.settings import Secret, Settings
 

@@ -18,8 +18,8 @@ from ingest import gateway as gateway_module
 from ingest.gateway import MAX_BODY_BYTES, Gateway
 from ingest.producer import EventTooLarge, LogUnavailable
 from ingest.signature import signature_header
-from streams.codec import decode_event
-from streams.envelope import EventEnvelope, EventSource
+from streams.log.codec import decode_event
+from streams.log.envelope import EventEnvelope, EventSource
 from streams.settings import Secret, Settings
 from tests.odd_events import OddEvent, corpus
 

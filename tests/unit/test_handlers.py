@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streams.devtools.samples import EventFactory, stripe_objects
 from streams.errors import HandlerError
 from streams.handlers.registry import ChildSet, MirrorRow, Projection, load_handlers
-from streams.routing import route_event
-from streams.samples import EventFactory, stripe_objects
+from streams.log.routing import route_event
 
 REGISTRY = load_handlers()
 HANDLED_TYPES = sorted(REGISTRY.event_types)

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from streams.services import kafka
+from streams.devtools.services import kafka
 
 
 def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from projections.metrics import WorkerMetrics
-from projections.writer import AppliedEvent, ConsumedEvent, Outcome
+from streams.log.consumed import AppliedEvent, ConsumedEvent, Outcome
 from tests.unit.test_agents import envelope
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from streams.routing import FAMILIES, OTHER, ROUTES, route_event
+from streams.log.routing import FAMILIES, OTHER, ROUTES, route_event
 
 EVENT_TYPES = Path(__file__).resolve().parents[1] / "data" / "stripe_event_types.txt"
 

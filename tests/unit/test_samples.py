@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.envelope import EventEnvelope, EventSource
+from streams.devtools.samples import EventFactory, stripe_objects
 from streams.handlers.registry import MirrorRow, load_handlers
-from streams.routing import route_event
-from streams.samples import EventFactory, stripe_objects
+from streams.log.envelope import EventEnvelope, EventSource
+from streams.log.routing import route_event
 
 REGISTRY = load_handlers()
 LIFECYCLE = [

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from streams.errors import ConfigurationError, DependencyUnavailable
-from streams.topics import raise_topic_errors, wait_until_served
+from streams.log.topics import raise_topic_errors, wait_until_served
 
 TOPICS = ["t.events", "t.events.customers"]
 CREATED = [("t.events", 0, None), ("t.events.dlq", 36, "Topic 't.events.dlq' already exists.")]

@@ -8,10 +8,10 @@ from typing import cast
 
 from faust.types import TP, EventT, Message, StreamT
 
-from streams.app import create_app
-from streams.monitor import LivenessMonitor
 from streams.settings import Settings
-from streams.transport import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES, DeliveryBudget
+from streams.worker.app import create_app
+from streams.worker.sensor import LivenessMonitor
+from streams.worker.transport import FETCH_MAX_WAIT_MS, FETCH_MIN_BYTES, DeliveryBudget
 
 SETTINGS = Settings.from_env({"STRIPE_STREAMS_TOPIC_PREFIX": "unit"})
 FAUST_FETCH_MAX_WAIT_MS = 1500

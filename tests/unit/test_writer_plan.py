@@ -9,18 +9,19 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
-from projections.writer import BatchPlan, ConsumedEvent, EventRejected, Outcome
 from streams.envelope import EventEnvelope, EventSource
+
+from projections.plan import BatchPlan
 from streams.handlers.registry import ChildSet, Event, HandlerRegistry, MirrorRow, Projection
+from streams.log.consumed import ConsumedEvent, EventRejected, Outcome
 
 TOPIC = "stripe.events.widgets"
 widgets = HandlerRegistry()
-widgets.table("widgets", "colour")
-widgets.table("widget_parts", "widget")
+widgets.table("widgets", {"colour": "text"})
+widgets.table("widget_parts", {"widget": "text"})
 
 
-@widgets.handles("widgets", "widget.updated")
+@widgets.handles("widget.updated")
 def widget_updated(event: Event) -> Projection:
     widget = event["data"]["object"]
     if widget.get("colour") == "broken":
@@ -146,7 +147,7 @@ def test_a_failing_handler_names_its_event_and_handler() -> None:
         BatchPlan([good, bad], {}, widgets)
 
     assert rejected.value.event == bad
-    assert rejected.value.handler == "widgets.widget_updated"
+    assert rejected.value.handler == "other.widget_updated"
     assert "colour cannot be broken" in str(rejected.value)
     assert not rejected.value.retriable
 

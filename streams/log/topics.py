@@ -25,6 +25,10 @@ from aiokafka.errors import (
 from aiokafka.protocol.metadata import MetadataRequest
 
 from streams.errors import ConfigurationError, DependencyUnavailable
+from streams.log.routing import FAMILIES
+
+DEAD_LETTER_SUFFIX = "dlq"
+"""Suffix of the dead-letter topic, ``<prefix>.events.dlq``."""
 
 MAX_MESSAGE_BYTES = 2 * 1024 * 1024
 """Largest message on any topic: a 1 MiB event body plus its envelope or dead-letter record.
@@ -43,6 +47,21 @@ _FIXES: dict[type[KafkaError], str] = {
     TopicAuthorizationFailedError: "grant this client CREATE and DESCRIBE on the topic",
     ClusterAuthorizationFailedError: "grant this client CREATE on the cluster",
 }
+
+
+def topic_name(prefix: str, suffix: str = "") -> str:
+    """The full name of a topic: ``<prefix>.events``, then ``.<suffix>`` if any."""
+    base = f"{prefix}.events"
+    return f"{base}.{suffix}" if suffix else base
+
+
+def worker_topics(prefix: str) -> list[str]:
+    """Every topic a worker reads or writes: the log, the family topics and the DLQ."""
+    return [
+        topic_name(prefix),
+        *(topic_name(prefix, family) for family in FAMILIES),
+        topic_name(prefix, DEAD_LETTER_SUFFIX),
+    ]
 
 
 async def ensure_topics(

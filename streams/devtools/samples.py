@@ -1,6 +1,6 @@
 """Realistic Stripe events for tests, the demo and the benchmarks.
 
-Objects start from Stripe's published example objects (``samples/stripe_objects.json``, copied
+Objects start from Stripe's published example objects (``data/stripe_objects.json``, copied
 from Stripe's OpenAPI fixtures, MIT licence) and get fresh ids, timestamps and references that
 agree with each other, so events have the full shape and size of real webhooks. A factory
 given a seed builds the same events every time.
@@ -24,8 +24,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from streams.envelope import THIN_EVENT_OBJECT
-from streams.routing import longest_prefix
+from streams.log.envelope import THIN_EVENT_OBJECT
+from streams.log.routing import longest_prefix
 
 JSONObject = dict[str, Any]
 
@@ -122,7 +122,8 @@ _PRODUCTS = (("Starter", 900), ("Team", 2900), ("Business", 9900), ("Enterprise"
 @cache
 def stripe_objects() -> Mapping[str, Any]:
     """Return Stripe's example object of each shipped resource, by resource name (read-only)."""
-    text = resources.files("streams").joinpath("samples/stripe_objects.json").read_text("utf-8")
+    data = resources.files("streams.devtools").joinpath("data/stripe_objects.json")
+    text = data.read_text("utf-8")
     objects: Mapping[str, Any] = json.loads(text)["resources"]
     return objects
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
-from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -23,29 +22,12 @@ from fastavro.schema import (
     to_parsing_canonical_form,
 )
 
-from streams.envelope import EventEnvelope, EventSource
 from streams.errors import CodecError
+from streams.log.envelope import DeadLetter, EventEnvelope, EventSource
 
 MARKER = b"\xc3\x01"
 HEADER_SIZE = len(MARKER) + 8
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """An event that retries could not apply, with the error and where it was consumed."""
-
-    event: EventEnvelope
-    error_type: str
-    error_message: str
-    retriable: bool
-    handler: str
-    attempts: int
-    source_topic: str
-    source_partition: int
-    source_offset: int
-    first_failed_at: datetime
-    last_failed_at: datetime
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 
 
 @dataclass(frozen=True)
@@ -138,3 +120,39 @@ def decode_dead_letter(message: bytes) -> DeadLetter:
     record = _decode(schemas()["DeadLetter"], message)
     record["event"] = _envelope_of(record["event"])
     return DeadLetter(**record)
+
+
+def event_type_of(message: bytes) -> str:
+    """Read the event type of an encoded envelope without decoding the rest of it.
+
+    The router only needs the type, and a full decode (the raw event JSON included) is most of
+    its cost; a message whose header or first fields are wrong raises CodecError like a full
+    decode would, and the family agent decodes the rest.
+    """
+    header = MARKER + schemas()["StripeEvent"].fingerprint
+    if not message.startswith(header):
+        return decode_event(message).type
+    position = len(header)
+    try:
+        for field in ("id", "type"):
+            length, position = _varint(message, position)
+            if length < 0 or position + length > len(message):
+                raise CodecError(f"StripeEvent {field} runs past the end of the message")
+            if field == "type":
+                return message[position : position + length].decode("utf-8")
+            position += length
+    except (IndexError, UnicodeDecodeError) as exc:
+        raise CodecError(f"truncated or corrupt StripeEvent message: {exc!r}") from None
+    raise CodecError("StripeEvent message has no type")
+
+
+def _varint(message: bytes, position: int) -> tuple[int, int]:
+    """Decode an Avro long (zig-zag varint) at ``position``; return it and the next position."""
+    shift = result = 0
+    while True:
+        byte = message[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (result >> 1) ^ -(result & 1), position
+        shift += 7

@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ingest.signature import signature_header
-from streams.samples import EventFactory
+from streams.devtools.samples import EventFactory
 from streams.settings import Secret, Settings
 
 DEMO_SECRET = "whsec_stripe_streams_local_demo"

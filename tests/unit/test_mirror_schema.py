@@ -1,14 +1,17 @@
-"""The mirror-table migration matches the tables and typed columns the handlers declare."""
+"""The canonical schema's mirror tables match the tables and typed columns the handlers declare.
+
+The canonical schema is what every migration produces (an integration test compares the two),
+so a change to a mirror table changes it too.
+"""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-from streams.handlers.mirror import MIRRORS
+from projections.database import SQL_DIR
 from streams.handlers.registry import load_handlers
 
-MIGRATION = Path(__file__).resolve().parents[2] / "migrations" / "002_stripe_mirrors.sql"
+MIGRATION = SQL_DIR / "schema.sql"
 COMMON_COLUMNS = {
     "id": "text PRIMARY KEY",
     "data": "jsonb NOT NULL",
@@ -70,17 +73,15 @@ def test_every_table_has_the_common_columns() -> None:
 
 
 def test_typed_columns_match_the_handlers_in_name_and_type() -> None:
-    load_handlers()
     tables = _tables()
-    for name, mirror in MIRRORS.items():
+    for name, table in load_handlers().tables.items():
         created = {
             column: definition
             for column, definition in tables[name].items()
             if column not in COMMON_COLUMNS
         }
-        declared = {column: field.sql_type for column, field in mirror.fields.items()}
-        assert created == declared, name
-        assert tuple(declared) == mirror.table.columns
+        assert created == dict(table.column_types), name
+        assert tuple(table.column_types) == table.columns
 
 
 def test_indexes_cover_existing_columns_with_unique_names() -> None:

@@ -18,24 +18,15 @@ import faust
 from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from streams.agents import DEAD_LETTER_SUFFIX, WorkerRuntime, register_agents
-from streams.monitor import LivenessMonitor
 from streams.outages import KAFKA, outages
-from streams.routing import FAMILIES
 from streams.settings import Settings
-from streams.transport import Transport
+from streams.worker.agents import register_agents
+from streams.worker.runtime import WorkerRuntime
+from streams.worker.sensor import LivenessMonitor
+from streams.worker.transport import Transport
 
 # Seconds Kafka has to answer a readiness check: probes of orchestrators give up after a few.
 _KAFKA_ANSWER = 2.0
-
-
-def worker_topics(settings: Settings) -> list[str]:
-    """Every topic the worker reads or writes: the log, the family topics and the DLQ."""
-    return [
-        settings.topic(),
-        *(settings.topic(family) for family in FAMILIES),
-        settings.topic(DEAD_LETTER_SUFFIX),
-    ]
 
 
 def create_app(

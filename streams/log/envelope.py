@@ -150,6 +150,23 @@ class EventEnvelope:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event that retries could not apply, with the error and where it was consumed."""
+
+    event: EventEnvelope
+    error_type: str
+    error_message: str
+    retriable: bool
+    handler: str
+    attempts: int
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    first_failed_at: datetime
+    last_failed_at: datetime
+
+
 def _snapshot_event_object(event: dict[str, Any]) -> tuple[str, str]:
     data = event.get("data")
     obj = data.get("object") if isinstance(data, dict) else None

@@ -1,6 +1,6 @@
-"""What a family agent does when applying a batch fails: split, retry, dead-letter, or wait.
+"""Settling a batch: apply it, and when that fails, split, retry, dead-letter, or wait.
 
-The policy reads one thing from an error: ``retriable``. A retriable error (PostgreSQL or Kafka
+The settler reads one thing from an error: ``retriable``. A retriable error (PostgreSQL or Kafka
 down, a deadlock) is waited out with capped exponential backoff for as long as it lasts, and
 nothing is dead-lettered. Any other failure of a batch is narrowed down to the event that causes
 it (the writer names it, or the batch is split in halves until one event is left); that event
@@ -19,31 +19,40 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
-from projections.writer import (
+from streams.errors import InvalidEvent
+from streams.log.consumed import (
     AppliedEvent,
     BatchRejected,
     ConsumedEvent,
     EventRejected,
     Outcome,
 )
-from streams.codec import DeadLetter
-from streams.envelope import EventEnvelope, EventSource
-from streams.errors import InvalidEvent
+from streams.log.envelope import DeadLetter, EventEnvelope, EventSource
 from streams.outages import outages
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-ApplyBatch = Callable[[Sequence[ConsumedEvent], int], Awaitable[list[AppliedEvent]]]
-"""Apply events in one transaction, recording the given attempt number."""
 PublishDeadLetter = Callable[[DeadLetter], Awaitable[None]]
 """Produce a dead letter to the dead-letter topic and wait for Kafka's acknowledgement."""
-RecordDeadLetter = Callable[[ConsumedEvent, DeadLetter], Awaitable[bool]]
-"""Record a produced dead letter in PostgreSQL; False when the position already covered it."""
 UNDECODABLE = "undecodable"
+
+
+class Store(Protocol):
+    """Where batches are applied and dead letters recorded (the projections' store)."""
+
+    async def apply(
+        self, family: str, events: Sequence[ConsumedEvent], attempts: int
+    ) -> list[AppliedEvent]:
+        """Apply events in one transaction, recording the given attempt number."""
+
+    async def record_dead_letter(
+        self, family: str, event: ConsumedEvent, letter: DeadLetter, projection: str | None
+    ) -> bool:
+        """Record a produced dead letter; False when the position already covered it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,24 +78,28 @@ def is_retriable(exc: BaseException) -> bool:
     return getattr(exc, "retriable", False) is True
 
 
-class DeadLetterPolicy:
-    """Apply a family's batches: no poison event blocks its partition, no outage loses events."""
+class BatchSettler:
+    """Settle a family's batches: no poison event blocks its partition, no outage loses events.
+
+    ``projection`` names the positions the store moves past a dead letter (None for the
+    router, which projects nothing).
+    """
 
     def __init__(
         self,
         family: str,
         *,
-        apply: ApplyBatch,
+        store: Store,
+        projection: str | None,
         publish: PublishDeadLetter,
-        record: RecordDeadLetter,
         handler_of: Callable[[str], str],
         retry: RetryPolicy,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.family = family
-        self._apply = apply
+        self._store = store
+        self._projection = projection
         self._publish = publish
-        self._record = record
         self._handler_of = handler_of
         self._retry = retry
         self._sleep = sleep
@@ -195,13 +208,18 @@ class DeadLetterPolicy:
         # Produce first: a crash before the record makes the restarted worker fail the event
         # again and produce it once more, while recording first could lose the message.
         await self._patiently(partial(self._publish, letter))
-        recorded = await self._patiently(partial(self._record, event, letter))
+        recorded = await self._patiently(partial(
+            self._store.record_dead_letter, self.family, event, letter, self._projection
+        ))
         log.error(
             "%s: event %s (%s) at %s/%d/%d dead-lettered after %d attempt(s): %s: %s",
             self.family, event.envelope.id, event.envelope.type, *event.coordinates, attempts,
             letter.error_type, letter.error_message,
         )
         return AppliedEvent(event, Outcome.DEAD_LETTERED if recorded else Outcome.SKIPPED)
+
+    async def _apply(self, events: Sequence[ConsumedEvent], attempts: int) -> list[AppliedEvent]:
+        return await self._store.apply(self.family, events, attempts)
 
     async def _patiently(self, operation: Callable[[], Awaitable[T]]) -> T:
         return await patiently(operation, self._retry, self.family, self._sleep)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from streams.services.kafka import LocalKafka
-from streams.services.postgres import LocalPostgres
+from streams.devtools.services.kafka import LocalKafka
+from streams.devtools.services.postgres import LocalPostgres
 from streams.settings import Settings
 
 

@@ -18,11 +18,11 @@ import faust
 import uvloop
 
 from projections.migrations import require_migrated
-from streams.app import create_app, worker_topics
-from streams.dead_letters import RetryPolicy, patiently
+from streams.log.topics import ensure_topics, worker_topics
 from streams.outages import KAFKA, POSTGRES, RepeatFilter
 from streams.settings import Settings
-from streams.topics import ensure_topics
+from streams.worker.app import create_app
+from streams.worker.settling import RetryPolicy, patiently
 
 # Faust's own log format, so the lines before and after Faust takes over logging look alike.
 _LOG_FORMAT = "[%(asctime)s] [%(process)s] [%(levelname)s] %(message)s"
@@ -76,7 +76,7 @@ async def preflight(settings: Settings) -> None:
     )
     await patiently(
         partial(
-            ensure_topics, settings.kafka_bootstrap_servers, worker_topics(settings),
+            ensure_topics, settings.kafka_bootstrap_servers, worker_topics(settings.topic_prefix),
             settings.topic_partitions,
         ),
         retry, KAFKA,

@@ -14,8 +14,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from streams.devtools.services.process import ensure_port_free, read_pid, stop_process
 from streams.errors import ServiceError
-from streams.services.process import ensure_port_free, read_pid, stop_process
 
 DEBIAN_BINARIES = Path("/usr/lib/postgresql")
 READY_TIMEOUT = 60.0

@@ -18,10 +18,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from streams.devtools.services.process import ensure_port_free, read_pid, stop_process
 from streams.errors import ConfigurationError, DependencyUnavailable, ServiceError
-from streams.services.process import ensure_port_free, read_pid, stop_process
+from streams.log.topics import raise_topic_errors
 from streams.settings import REPO_ROOT
-from streams.topics import raise_topic_errors
 
 POM = REPO_ROOT / "scripts" / "kafka" / "pom.xml"
 LOG4J = REPO_ROOT / "scripts" / "kafka" / "log4j.properties"

@@ -1,0 +1,171 @@
+"""The part of applying a batch that needs no database: triage, staged rows, outcomes.
+
+Pure: it runs every handler, stages the rows each event writes as JSON, and, given the versions
+the rows held before the batch, decides what happened to each event.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from streams.handlers.registry import HandlerRegistry, MirrorRow, Projection
+from streams.log.consumed import ConsumedEvent, EventRejected, Outcome
+
+
+@dataclass
+class Candidate:
+    """A fresh event to project, its rows staged as JSON, and which rows it moved forward."""
+
+    event: ConsumedEvent
+    projection: Projection | None
+    deliveries: int
+    staged: tuple[tuple[str, bytes], ...] = ()
+    advanced: set[tuple[str, str]] = field(default_factory=set)
+
+    def outcome(self) -> Outcome:
+        """Processed when, taken in log order, it moved its own object's row forward.
+
+        An event a later one of the same batch overwrites is still processed (applying the
+        batch one event at a time would have written it); it is stale only when its object's
+        row already held a newer event when its turn came.
+        """
+        if self.projection is None:
+            return Outcome.UNHANDLED
+        if not self.projection.rows:
+            return Outcome.PROCESSED
+        own = [r for r in self.projection.rows if r.id == self.event.envelope.object_id]
+        primary = (own or list(self.projection.rows))[0]
+        advanced = (primary.table, primary.id) in self.advanced
+        return Outcome.PROCESSED if advanced else Outcome.STALE
+
+
+EventRecord = tuple[ConsumedEvent, Outcome, int]
+
+
+class BatchPlan:
+    """The part of applying a batch that needs no database: triage, newest rows, outcomes.
+
+    Built from the batch's fresh events (those above the stored positions), in log order, and
+    the statuses ``ops.event_log`` already holds for their ids. The first sighting of an id is
+    projected by its handler (a dead-lettered id seen again is another attempt, e.g. a DLQ
+    retry); any later sighting only counts a delivery.
+    """
+
+    def __init__(
+        self,
+        fresh: Sequence[ConsumedEvent],
+        logged: Mapping[str, str],
+        registry: HandlerRegistry,
+    ) -> None:
+        deliveries = Counter(e.envelope.id for e in fresh)
+        self.candidates: list[Candidate] = []
+        self.outcomes: dict[tuple[str, int, int], Outcome] = {}
+        known: dict[str, EventRecord] = {}
+        seen: set[str] = set()
+        for event in fresh:
+            event_id = event.envelope.id
+            status = logged.get(event_id)
+            if status is not None and status != Outcome.DEAD_LETTERED:
+                self.outcomes[event.coordinates] = Outcome.DUPLICATE
+                known.setdefault(event_id, (event, Outcome(status), deliveries[event_id]))
+            elif event_id in seen:
+                self.outcomes[event.coordinates] = Outcome.DUPLICATE
+            else:
+                self.candidates.append(_project(event, registry, deliveries[event_id]))
+            seen.add(event_id)
+        self.duplicates: list[EventRecord] = list(known.values())
+        """Event-log records of ids logged before: each counts its deliveries, nothing else."""
+
+    def staged_rows(self) -> dict[str, list[bytes]]:
+        """Per table, the staged rows of every candidate, each a JSON object.
+
+        All of them go to PostgreSQL, which converts each to the table's row type (so it
+        refuses a bad row even when a newer event of the same object follows in the batch) and
+        upserts only the newest row per id.
+        """
+        tables: dict[str, list[bytes]] = defaultdict(list)
+        for candidate in self.candidates:
+            for table, staged in candidate.staged:
+                tables[table].append(staged)
+        return tables
+
+    def settle(self, prior: Mapping[tuple[str, str], tuple[int, int]]) -> list[EventRecord]:
+        """Decide each candidate's outcome from the rows' versions before the batch.
+
+        Replays the batch in log order: an event whose own object's row held an older version
+        (or none) when its turn came is processed, otherwise stale. Returns the event-log
+        records of the candidates.
+        """
+        versions = dict(prior)
+        records: list[EventRecord] = []
+        for candidate in self.candidates:
+            for row in candidate.projection.rows if candidate.projection else ():
+                key = (row.table, row.id)
+                current = versions.get(key)
+                if current is None or current < candidate.event.version:
+                    versions[key] = candidate.event.version
+                    candidate.advanced.add(key)
+            outcome = candidate.outcome()
+            self.outcomes[candidate.event.coordinates] = outcome
+            records.append((candidate.event, outcome, candidate.deliveries))
+        return records
+
+
+def _project(event: ConsumedEvent, registry: HandlerRegistry, deliveries: int) -> Candidate:
+    registered = registry.lookup(event.envelope.type)
+    if registered is None:
+        return Candidate(event, None, deliveries)
+    # Whatever fails between the payload and the JSON sent to PostgreSQL (parsing, the
+    # handler, converting a value) is this event's failure, never the batch's.
+    try:
+        projection = registered.handle(orjson.loads(event.envelope.payload))
+        _check_child_sets(projection)
+        staged = tuple((row.table, dumps(_staged_row(row, event))) for row in projection.rows)
+    except Exception as exc:
+        raise EventRejected(event, registered.name, exc) from exc
+    return Candidate(event, projection, deliveries, staged)
+
+
+def _check_child_sets(projection: Projection) -> None:
+    row_ids = {row.id for row in projection.rows}
+    for child_set in projection.child_sets:
+        if child_set.parent_id not in row_ids:
+            raise ValueError(
+                f"the list of {child_set.table} names parent {child_set.parent_id}, "
+                "which is not among the event's rows"
+            )
+
+
+def _staged_row(row: MirrorRow, event: ConsumedEvent) -> dict[str, Any]:
+    envelope = event.envelope
+    return {
+        **row.columns,
+        "id": row.id,
+        "data": row.data,
+        "deleted": row.deleted,
+        "livemode": envelope.livemode,
+        "account": envelope.account,
+        "last_event_id": envelope.id,
+        "last_event_created": datetime.fromtimestamp(envelope.created, UTC),
+        "last_event_offset": event.offset,
+    }
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value, default=_plain)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, Decimal):
+        # A JSON string keeps every digit; PostgreSQL reads it into numeric exactly.
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

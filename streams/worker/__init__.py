@@ -1,0 +1,1 @@
+"""The worker process: the Faust app, the agents, settling batches, forwarding, the transport."""
