@@ -6,6 +6,7 @@ the rows held before the batch, decides what happened to each event.
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -84,16 +85,24 @@ class BatchPlan:
         """Event-log records of ids logged before: each counts its deliveries, nothing else."""
 
     def staged_rows(self) -> dict[str, list[bytes]]:
-        """Per table, the staged rows of every candidate, each a JSON object.
+        """Per table, each row as the newest event of the batch shows it, as a JSON object.
 
-        All of them go to PostgreSQL, which converts each to the table's row type (so it
-        refuses a bad row even when a newer event of the same object follows in the batch) and
-        upserts only the newest row per id.
+        One statement cannot update a row twice, and the guarded upsert would keep only the
+        newest anyway. Every candidate's rows were checked when staged, so an older event's
+        row that PostgreSQL would refuse is its event's failure all the same.
         """
-        tables: dict[str, list[bytes]] = defaultdict(list)
+        winners: dict[tuple[str, str], tuple[bytes, tuple[int, int]]] = {}
         for candidate in self.candidates:
-            for table, staged in candidate.staged:
-                tables[table].append(staged)
+            version = candidate.event.version
+            rows = candidate.projection.rows if candidate.projection else ()
+            for row, (table, staged) in zip(rows, candidate.staged, strict=True):
+                key = (table, row.id)
+                current = winners.get(key)
+                if current is None or current[1] < version:
+                    winners[key] = (staged, version)
+        tables: dict[str, list[bytes]] = defaultdict(list)
+        for (table, _), (staged, _) in winners.items():
+            tables[table].append(staged)
         return tables
 
     def settle(self, prior: Mapping[tuple[str, str], tuple[int, int]]) -> list[EventRecord]:
@@ -127,10 +136,26 @@ def _project(event: ConsumedEvent, registry: HandlerRegistry, deliveries: int) -
     try:
         projection = registered.handle(orjson.loads(event.envelope.payload))
         _check_child_sets(projection)
-        staged = tuple((row.table, dumps(_staged_row(row, event))) for row in projection.rows)
+        staged = tuple((row.table, storable(dumps(_staged_row(row, event))))
+                       for row in projection.rows)
     except Exception as exc:
         raise EventRejected(event, registered.name, exc) from exc
     return Candidate(event, projection, deliveries, staged)
+
+
+_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+"""``\u0000`` in JSON text, not preceded by an escaped backslash of its own."""
+
+
+def storable(staged: bytes) -> bytes:
+    """Return a staged row unchanged, or raise ValueError if PostgreSQL cannot store it.
+
+    PostgreSQL's text and jsonb cannot hold the NUL character; values out of a column's range
+    are refused by the handlers' typed readers.
+    """
+    if b"\\u0000" in staged and _ESCAPED_NUL.search(staged):
+        raise ValueError("a string holds the NUL character, which PostgreSQL cannot store")
+    return staged
 
 
 def _check_child_sets(projection: Projection) -> None:

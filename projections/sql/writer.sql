@@ -89,23 +89,17 @@ WHERE a.attrelid = %(table)s::regclass AND a.attnum > 0 AND NOT a.attisdropped
 
 -- name: upsert_mirror
 -- The batch's rows arrive as one JSON array of objects keyed by column, unpacked into the
--- table's row type: no temporary table, so nothing to truncate at commit. Every event's rows are
--- converted (materialised), so a value the table cannot hold fails the batch even when a newer
--- event of the same object follows; only the newest row per id is upserted, since one statement
--- cannot update a row twice. The guard makes the upsert reorder-safe: a row only ever moves to a
--- newer event. The result is each row's version before the upsert, from which the writer tells
--- stale events apart.
-WITH staged AS MATERIALIZED (
+-- table's row type: no temporary table, so nothing to truncate at commit. The guard makes the
+-- upsert reorder-safe: a row only ever moves to a newer event. The result is each row's version
+-- before the upsert, from which the writer tells stale events apart.
+WITH staged AS (
     SELECT {columns} FROM json_populate_recordset(NULL::{table}, %(rows)s::json)
-), newest AS (
-    SELECT DISTINCT ON (id) {columns} FROM staged
-    ORDER BY id, last_event_created DESC, last_event_offset DESC
 ), prior AS (
     SELECT t.id, t.last_event_created, t.last_event_offset
-    FROM {table} AS t JOIN newest AS s ON s.id = t.id
+    FROM {table} AS t JOIN staged AS s ON s.id = t.id
 ), upserted AS (
     INSERT INTO {table} AS t ({columns}, updated_at)
-    SELECT {columns}, now() FROM newest ORDER BY id
+    SELECT {columns}, now() FROM staged ORDER BY id
     ON CONFLICT (id) DO UPDATE SET {assignments}, updated_at = excluded.updated_at
     WHERE t.last_event_created IS NULL
        OR (t.last_event_created, coalesce(t.last_event_offset, -1))

@@ -55,22 +55,20 @@ def outcomes(plan: BatchPlan, events: list[ConsumedEvent]) -> list[Outcome]:
     return [plan.outcomes[e.coordinates] for e in events]
 
 
-def staged(plan: BatchPlan, table: str) -> list[dict[str, Any]]:
-    """The rows of ``table`` the plan sends to PostgreSQL, which upserts the newest per id."""
+def newest(plan: BatchPlan, table: str) -> list[dict[str, Any]]:
+    """The rows of ``table`` the plan sends to PostgreSQL: the newest of each object."""
     return [json.loads(row) for row in plan.staged_rows()[table]]
 
 
-def test_events_of_one_object_in_log_order_are_all_processed_and_all_rows_are_checked() -> None:
+def test_events_of_one_object_in_log_order_are_all_processed_and_the_newest_is_written() -> None:
     events = [widget_event(f"evt_{n}", n, 100 + n, colour=c)
               for n, c in enumerate(["red", "green", "blue"])]
     plan = BatchPlan(events, {}, widgets)
 
-    rows = staged(plan, "widgets")
+    [row] = newest(plan, "widgets")
     plan.settle({})
 
-    assert [(r["colour"], r["last_event_id"], r["last_event_offset"]) for r in rows] == [
-        ("red", "evt_0", 0), ("green", "evt_1", 1), ("blue", "evt_2", 2),
-    ]
+    assert (row["colour"], row["last_event_id"]) == ("blue", "evt_2")
     assert outcomes(plan, events) == [Outcome.PROCESSED] * 3
 
 
@@ -87,19 +85,21 @@ def test_an_event_arriving_after_a_newer_one_of_the_same_batch_is_stale() -> Non
     events = [widget_event("evt_new", 1, 300), widget_event("evt_old", 2, 100)]
     plan = BatchPlan(events, {}, widgets)
 
+    [written] = newest(plan, "widgets")
     plan.settle({})
 
+    assert written["last_event_id"] == "evt_new"
     assert outcomes(plan, events) == [Outcome.PROCESSED, Outcome.STALE]
 
 
 def test_ties_on_created_are_broken_by_log_position() -> None:
-    events = [widget_event("evt_a", 8, 100, colour="red"),
-              widget_event("evt_b", 7, 100, colour="blue")]
+    events = [widget_event("evt_a", 7, 100, colour="red"),
+              widget_event("evt_b", 8, 100, colour="blue")]
     plan = BatchPlan(events, {}, widgets)
 
-    plan.settle({})
+    [row] = newest(plan, "widgets")
 
-    assert outcomes(plan, events) == [Outcome.PROCESSED, Outcome.STALE]
+    assert row["colour"] == "blue"
 
 
 def test_a_redelivered_id_only_counts_a_delivery() -> None:
@@ -165,9 +165,29 @@ def test_exactly_the_events_newer_than_all_before_them_are_processed(order: list
               for offset, created in enumerate(order)]
     plan = BatchPlan(events, {}, widgets)
 
+    [written] = newest(plan, "widgets")
     plan.settle({})
 
     running_max = [created == max(order[: i + 1]) for i, created in enumerate(order)]
+    assert written["last_event_created"].startswith("1970-01-01T00:00:07")
     assert outcomes(plan, events) == [
         Outcome.PROCESSED if newest else Outcome.STALE for newest in running_max
     ]
+
+
+def test_an_older_event_whose_row_postgresql_cannot_store_is_refused_despite_a_newer_one() -> None:
+    bad = widget_event("evt_nul", 1, 100, colour="re\u0000d")
+    newer = widget_event("evt_new", 2, 200)
+
+    with pytest.raises(EventRejected, match="NUL") as rejected:
+        BatchPlan([bad, newer], {}, widgets)
+
+    assert rejected.value.event == bad
+
+
+def test_a_backslash_before_u0000_is_no_nul_character() -> None:
+    event = widget_event("evt_text", 1, 100, colour="\\u0000")
+
+    [row] = newest(BatchPlan([event], {}, widgets), "widgets")
+
+    assert row["colour"] == "\\u0000"
