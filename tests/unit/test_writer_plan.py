@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from streams.envelope import EventEnvelope, EventSource
 
 from projections.plan import BatchPlan
 from streams.handlers.registry import ChildSet, Event, HandlerRegistry, MirrorRow, Projection
 from streams.log.consumed import ConsumedEvent, EventRejected, Outcome
+from streams.log.envelope import EventEnvelope, EventSource
 
 TOPIC = "stripe.events.widgets"
 widgets = HandlerRegistry()
