@@ -19,8 +19,8 @@ async def batches(
     """Batches of up to ``size`` deliveries, ``max_bytes`` of messages or ``within`` seconds.
 
     Like Faust's ``noack_take``, bounded by bytes as well (a batch ends with the message that
-    reaches ``max_bytes``): the caller acknowledges each batch once it is settled. The next
-    batch fills while the caller settles one, so at most two batches per agent are held.
+    reaches ``max_bytes``): the caller acknowledges each batch once it is settled. Nothing is
+    collected while the caller settles a batch, so an agent holds one batch at a time.
     """
     pending: list[Delivery] = []
     held = 0
@@ -30,6 +30,8 @@ async def batches(
 
     async def collect(value: bytes) -> bytes:
         nonlocal held
+        if not room.is_set():
+            await stream.wait(cast(Any, room))
         # Faust sets the delivery being processed before it runs the stream's processors.
         delivery = cast(Delivery, stream.current_event)
         pending.append(delivery)
@@ -52,5 +54,8 @@ async def batches(
             pending.clear()
             held = 0
             full.clear()
-            room.set()
-            yield batch
+            room.clear()
+            try:
+                yield batch
+            finally:
+                room.set()
