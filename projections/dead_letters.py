@@ -12,15 +12,8 @@ from psycopg.types.json import Jsonb
 from projections.database import queries
 from projections.plan import EventRecord
 from projections.writer import advance_positions, count_stats, lock_positions, record_events
-from streams.errors import InvalidEvent
 from streams.log.consumed import ConsumedEvent, Outcome
-from streams.log.envelope import (
-    EARLIEST_CREATED,
-    LATEST_CREATED,
-    MAX_ID_LENGTH,
-    DeadLetter,
-    EventEnvelope,
-)
+from streams.log.envelope import DeadLetter, EventEnvelope
 
 
 async def record_dead_letter(
@@ -96,26 +89,6 @@ def _payload(envelope: EventEnvelope) -> Any:
 
 def _loggable(event: ConsumedEvent) -> ConsumedEvent:
     """The event with every envelope field the ops tables cannot hold replaced."""
-    envelope = event.envelope
-    try:
-        envelope.check()
-    except InvalidEvent:
-        placeholder = "invalid:{}:{}:{}".format(*event.coordinates)
-
-        def storable(value: str) -> str:
-            return placeholder if len(value) > MAX_ID_LENGTH or "\x00" in value else value
-
-        created = envelope.created
-        if not EARLIEST_CREATED <= created <= LATEST_CREATED:
-            created = int(envelope.received_at.timestamp())
-        account = envelope.account
-        envelope = replace(
-            envelope,
-            id=storable(envelope.id),
-            type=storable(envelope.type),
-            object_id=storable(envelope.object_id),
-            account=storable(account) if account is not None else None,
-            created=created,
-        )
-        return replace(event, envelope=envelope)
-    return event
+    placeholder = "invalid:{}:{}:{}".format(*event.coordinates)
+    envelope = event.envelope.stored_as(placeholder)
+    return event if envelope is event.envelope else replace(event, envelope=envelope)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -120,21 +120,30 @@ class EventEnvelope:
         The gateway, and everything else that appends to the log, refuses such an event; a
         worker dead-letters one that reached the log before this check existed.
         """
-        for name in ("id", "type", "object_id", "account"):
+        for name in _INDEXED_FIELDS:
             value = getattr(self, name)
-            if value is None:
-                continue
-            if len(value) > MAX_ID_LENGTH:
-                raise InvalidEvent(
-                    f"event {name} is {len(value)} characters long; at most {MAX_ID_LENGTH} "
-                    "are accepted"
-                )
-            if "\x00" in value:
-                raise InvalidEvent(f"event {name} contains a NUL character")
-        if not EARLIEST_CREATED <= self.created <= LATEST_CREATED:
+            problem = _unindexable(value) if value is not None else None
+            if problem is not None:
+                raise InvalidEvent(f"event {name} {problem}")
+        if not _storable_time(self.created):
             raise InvalidEvent(
                 f"event 'created' {self.created} is not a time between years 1 and 9999"
             )
+
+    def stored_as(self, placeholder: str) -> EventEnvelope:
+        """This envelope with each field :meth:`check` refuses replaced, for the ops tables.
+
+        An id, type, object id or account becomes ``placeholder``; ``created`` becomes the
+        time the event was received.
+        """
+        fields: dict[str, Any] = {
+            name: placeholder
+            for name in _INDEXED_FIELDS
+            if getattr(self, name) is not None and _unindexable(getattr(self, name)) is not None
+        }
+        if not _storable_time(self.created):
+            fields["created"] = int(self.received_at.timestamp())
+        return replace(self, **fields) if fields else self
 
     @property
     def key(self) -> bytes:
@@ -165,6 +174,22 @@ class DeadLetter:
     source_offset: int
     first_failed_at: datetime
     last_failed_at: datetime
+
+
+_INDEXED_FIELDS = ("id", "type", "object_id", "account")
+
+
+def _unindexable(value: str) -> str | None:
+    """Why PostgreSQL cannot index ``value`` as an id column, or None when it can."""
+    if len(value) > MAX_ID_LENGTH:
+        return f"is {len(value)} characters long; at most {MAX_ID_LENGTH} are accepted"
+    if "\x00" in value:
+        return "contains a NUL character"
+    return None
+
+
+def _storable_time(created: int) -> bool:
+    return EARLIEST_CREATED <= created <= LATEST_CREATED
 
 
 def _snapshot_event_object(event: dict[str, Any]) -> tuple[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -77,3 +78,18 @@ def test_bodies_that_are_not_stripe_events_are_refused_with_a_reason(
 ) -> None:
     with pytest.raises(InvalidEvent, match=reason):
         EventEnvelope.from_stripe_event(body, endpoint="default", source=EventSource.WEBHOOK)
+
+
+def test_an_envelope_nothing_can_store_is_recorded_with_placeholders_for_its_bad_fields() -> None:
+    good = EventEnvelope.from_stripe_event(
+        json.dumps(_fixture_event()), endpoint="default", source=EventSource.WEBHOOK
+    )
+    bad = dataclasses.replace(good, id="evt_" + "x" * 300, created=-10**12)
+
+    stored = bad.stored_as("invalid:t:0:7")
+
+    assert (stored.id, stored.type) == ("invalid:t:0:7", good.type)
+    assert stored.object_id == good.object_id
+    assert stored.created == int(good.received_at.timestamp())
+    stored.check()
+    assert good.stored_as("invalid:t:0:8") is good
