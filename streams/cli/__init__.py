@@ -58,12 +58,15 @@ def build_parser() -> Parser:
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     """Add a flag per setting, listed only by ``--help-settings`` so ``--help`` stays short."""
-    listed = "--help-settings" in sys.argv
     group = parser.add_argument_group("settings (each also an environment variable)")
     group.add_argument(
         "--help-settings", action=_HelpSettings, nargs=0,
         help="show the setting flags and exit",
     )
+    _setting_flags(group, shown=False)
+
+
+def _setting_flags(group: argparse._ActionsContainer, *, shown: bool) -> None:
     for field in dataclasses.fields(Settings):
         if field.name in ("webhook_secrets", "stripe_api_key"):
             continue  # Secrets stay out of flags so they never show in a process list.
@@ -73,14 +76,20 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
             "--" + field.name.replace("_", "-"),
             dest=f"setting_{field.name}",
             metavar=field.metadata["env"],
-            help=field.metadata["doc"] if listed else argparse.SUPPRESS,
+            help=field.metadata["doc"] if shown else argparse.SUPPRESS,
             default=argparse.SUPPRESS,
         )
 
 
 class _HelpSettings(argparse.Action):
+    """Print the setting flags a command accepts, then exit."""
+
     def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
-        parser.print_help()
+        listing = argparse.ArgumentParser(
+            prog=parser.prog, usage=f"{parser.prog} [SETTING FLAGS]", add_help=False
+        )
+        _setting_flags(listing.add_argument_group("settings"), shown=True)
+        listing.print_help()
         parser.exit()
 
 

@@ -46,3 +46,16 @@ def test_setting_flags_still_apply(monkeypatch: pytest.MonkeyPatch) -> None:
     args = build_parser().parse_args(["settings", "--topic-prefix", "acme"])
 
     assert args.setting_topic_prefix == "acme"
+
+
+def test_help_settings_lists_every_setting_flag_with_its_variable(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["worker", "--help-settings"])
+
+    listing = capsys.readouterr().out
+    assert exited.value.code == 0
+    assert "--database-url DATABASE_URL" in listing
+    assert "--topic-prefix STRIPE_STREAMS_TOPIC_PREFIX" in listing
+    assert "--web-port" not in listing
