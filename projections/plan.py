@@ -179,7 +179,7 @@ def _staged_row(row: MirrorRow, event: ConsumedEvent) -> dict[str, Any]:
         "account": envelope.account,
         "last_event_id": envelope.id,
         "last_event_created": datetime.fromtimestamp(envelope.created, UTC),
-        "last_event_offset": event.offset,
+        "last_event_offset": event.version[1],
     }
 
 

@@ -6,6 +6,8 @@ event's coordinates, its outcome, and the two ways applying a batch can fail bec
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -30,19 +32,47 @@ class Outcome(StrEnum):
     """Its offset is at or below the stored position: an earlier run already applied it."""
 
 
+LOG_POSITION_HEADER = "stripe-streams-log-position"
+"""Kafka header of a forwarded event: its partition and offset in ``<prefix>.events``."""
+_POSITION = struct.Struct(">iq")
+
+
+def encode_log_position(partition: int, offset: int) -> bytes:
+    """The value of :data:`LOG_POSITION_HEADER` for an event at ``partition``/``offset``."""
+    return _POSITION.pack(partition, offset)
+
+
+def log_offset_in(headers: Iterable[tuple[str, bytes]] | None) -> int | None:
+    """The log offset a forwarded message's headers carry, or None if they carry none."""
+    for name, value in headers or ():
+        if name == LOG_POSITION_HEADER and len(value) == _POSITION.size:
+            return int(_POSITION.unpack(value)[1])
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class ConsumedEvent:
-    """An envelope and the log coordinates it was consumed at."""
+    """An envelope, the coordinates it was consumed at, and its offset in the log.
+
+    ``log_offset`` is the event's position in ``<prefix>.events``: for an event read from a
+    family's topic, the one its router header carries (None for a message forwarded before
+    routers added it, which then falls back to its own offset).
+    """
 
     envelope: EventEnvelope
     topic: str
     partition: int
     offset: int
+    log_offset: int | None = None
 
     @property
     def version(self) -> tuple[int, int]:
-        """Order of the events of one object: ``created``, then position in the log."""
-        return self.envelope.created, self.offset
+        """Order of the events of one object: ``created``, then position in the log.
+
+        Every event of an object lies in one partition of the log, so its offset there
+        orders them wherever they are read from.
+        """
+        return self.envelope.created, self.offset if self.log_offset is None else self.log_offset
 
     @property
     def coordinates(self) -> tuple[str, int, int]:

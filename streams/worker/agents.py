@@ -16,7 +16,7 @@ PostgreSQL) every worker of the consumer group agrees on what is done.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, cast
 
@@ -26,7 +26,7 @@ from faust.types import Message
 
 from streams.errors import CodecError, InvalidEvent
 from streams.log.codec import decode_event, event_type_of
-from streams.log.consumed import AppliedEvent, ConsumedEvent
+from streams.log.consumed import AppliedEvent, ConsumedEvent, log_offset_in
 from streams.log.routing import FAMILIES, OTHER, route_event
 from streams.settings import Settings
 from streams.worker.batching import Delivery, batches
@@ -154,7 +154,11 @@ def _decode(events: Sequence[Delivery]) -> list[tuple[Delivery, Decoded]]:
         except CodecError as exc:
             decoded.append((event, exc))
             continue
-        consumed = ConsumedEvent(envelope, message.topic, message.partition, message.offset)
+        headers = message.headers
+        consumed = ConsumedEvent(
+            envelope, message.topic, message.partition, message.offset,
+            log_offset_in(headers.items() if isinstance(headers, Mapping) else headers),
+        )
         try:
             # The log may hold envelopes appended before the gateway refused them.
             envelope.check()

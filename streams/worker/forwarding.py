@@ -6,6 +6,10 @@ destination has as many partitions as the source. That is the partition its key 
 an object still lands in one partition in log order, and the messages are appended to batches
 built here: about 4 us of CPU per message against 15 us for one ``send`` each. A destination
 with another partition count leaves the choice to the producer's partitioner.
+
+Each forwarded message carries its position in the log (:data:`LOG_POSITION_HEADER`), which
+orders the events of an object the same way whether they are read from a family's topic or
+from the log itself, as replay and rebuild do.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from faust.types import Message
+
+from streams.log.consumed import LOG_POSITION_HEADER, encode_log_position
 
 
 async def forward(
@@ -40,7 +46,9 @@ async def forward(
         if await partition_count(topic) == source_count:
             same_partition[(topic, message.partition)].append(message)
         else:
-            sent.append(await producer.send(topic, message.value, key=message.key))
+            sent.append(await producer.send(
+                topic, message.value, key=message.key, headers=_position_of(message)
+            ))
     for (topic, partition), messages in same_partition.items():
         for batch in _batches(producer, messages):
             sent.append(await producer.send_batch(batch, topic, partition=partition))
@@ -51,9 +59,16 @@ def _batches(producer: AIOKafkaProducer, messages: Sequence[Message]) -> Iterato
     """The messages in order, in as few of the producer's batches as its batch size allows."""
     batch = producer.create_batch()
     for message in messages:
-        if batch.append(key=message.key, value=message.value, timestamp=None) is None:
+        headers = _position_of(message)
+        if batch.append(
+            key=message.key, value=message.value, timestamp=None, headers=headers
+        ) is None:
             yield batch
             # A batch always takes its first message, however large.
             batch = producer.create_batch()
-            batch.append(key=message.key, value=message.value, timestamp=None)
+            batch.append(key=message.key, value=message.value, timestamp=None, headers=headers)
     yield batch
+
+
+def _position_of(message: Message) -> list[tuple[str, bytes]]:
+    return [(LOG_POSITION_HEADER, encode_log_position(message.partition, message.offset))]

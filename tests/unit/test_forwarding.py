@@ -8,6 +8,7 @@ from typing import cast
 from aiokafka import AIOKafkaProducer
 from faust.types import TP, Message
 
+from streams.log.consumed import log_offset_in
 from streams.worker.forwarding import forward
 
 
@@ -17,11 +18,16 @@ class RecordingBatch:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.messages: list[tuple[bytes | None, bytes | None]] = []
+        self.headers: list[list[tuple[str, bytes]]] = []
 
-    def append(self, *, key: bytes | None, value: bytes | None, timestamp: None) -> bool | None:
+    def append(
+        self, *, key: bytes | None, value: bytes | None, timestamp: None,
+        headers: list[tuple[str, bytes]],
+    ) -> bool | None:
         if self.messages and len(self.messages) >= self.limit:
             return None
         self.messages.append((key, value))
+        self.headers.append(headers)
         return True
 
 
@@ -29,22 +35,26 @@ class RecordingProducer:
     """Acknowledges every message at once and remembers where it went and how.
 
     ``sent`` holds (topic, partition, key, value), the partition None for messages left to
-    the partitioner; ``batches`` counts the batches sent.
+    the partitioner; ``log_offsets`` the log offset each one's headers carry; ``batches``
+    counts the batches sent.
     """
 
     def __init__(self, partitions: dict[str, int] | None = None, batch_limit: int = 100) -> None:
         self.partitions = partitions or {}
         self.batch_limit = batch_limit
         self.sent: list[tuple[str, int | None, bytes | None, bytes | None]] = []
+        self.log_offsets: list[int | None] = []
         self.batches = 0
 
     async def partitions_for(self, topic: str) -> set[int]:
         return set(range(self.partitions.get(topic, 6)))
 
     async def send(
-        self, topic: str, value: bytes | None, key: bytes | None = None
+        self, topic: str, value: bytes | None, key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> asyncio.Future[None]:
         self.sent.append((topic, None, key, value))
+        self.log_offsets.append(log_offset_in(headers))
         return _acknowledged()
 
     def create_batch(self) -> RecordingBatch:
@@ -55,6 +65,7 @@ class RecordingProducer:
     ) -> asyncio.Future[None]:
         self.batches += 1
         self.sent.extend((topic, partition, key, value) for key, value in batch.messages)
+        self.log_offsets.extend(log_offset_in(headers) for headers in batch.headers)
         return _acknowledged()
 
     def producer(self) -> AIOKafkaProducer:
@@ -116,3 +127,17 @@ async def test_a_topic_with_another_partition_count_is_left_to_the_partitioner()
         ("s.events.customers", 3, b"cus_1", b"cus_1-value"),
         ("s.events.invoices", None, b"in_1", b"in_1-value"),
     ]
+
+
+async def test_every_forwarded_message_carries_its_offset_in_the_log() -> None:
+    recording = RecordingProducer(partitions={"s.events": 6, "s.events.invoices": 12})
+    routed = [
+        ("s.events.customers", consumed(1, 17, b"cus_1")),
+        ("s.events.invoices", consumed(1, 18, b"in_1")),
+        ("s.events.customers", consumed(1, 19, b"cus_2")),
+    ]
+
+    await forward(recording.producer(), "s.events", routed)
+
+    carried = dict(zip((key for _, _, key, _ in recording.sent), recording.log_offsets, strict=True))
+    assert carried == {b"cus_1": 17, b"in_1": 18, b"cus_2": 19}
