@@ -121,6 +121,23 @@ def _non_negative_int(raw: str) -> int:
     return 0 if raw.strip() == "0" else _positive_int(raw)
 
 
+def _share(raw: str) -> float:
+    value = _positive_float(raw)
+    if value > 1:
+        raise ValueError(f"must be a share between 0 and 1, got {value}")
+    return value
+
+
+def _retention(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"must be milliseconds or -1 (forever), got {raw!r}") from None
+    if value == 0 or value < -1:
+        raise ValueError(f"must be positive milliseconds or -1 (forever), got {value}")
+    return value
+
+
 def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None:
     try:
         networks = tuple(
@@ -298,6 +315,43 @@ class Settings:
         "STRIPE_STREAMS_RETRY_BACKOFF_MAX", 30.0,
         "Longest wait between two retries, seconds (also while PostgreSQL is down).",
         _positive_float,
+    )
+    pause_share: float = setting(
+        "STRIPE_STREAMS_PAUSE_SHARE", 0.5,
+        "Share of a family's settled events within the pause window that, once dead-lettered, "
+        "pauses the family instead of dead-lettering more: a bug is not a poison event.",
+        _share,
+    )
+    pause_min_events: int = setting(
+        "STRIPE_STREAMS_PAUSE_MIN_EVENTS", 20,
+        "Fewest dead letters of a family within the pause window before it can pause.",
+        _positive_int,
+    )
+    pause_window: float = setting(
+        "STRIPE_STREAMS_PAUSE_WINDOW", 60.0,
+        "Seconds over which a family's dead-letter share is measured.", _positive_float,
+    )
+    pause_backoff: float = setting(
+        "STRIPE_STREAMS_PAUSE_BACKOFF", 300.0,
+        "Seconds a paused family waits before it tries again on its own "
+        "('stripe-streams dlq resume FAMILY' resumes it at once).",
+        _positive_float,
+    )
+    log_retention_ms: int = setting(
+        "STRIPE_STREAMS_LOG_RETENTION_MS", -1,
+        "Retention of <prefix>.events, the source of truth, milliseconds; -1 keeps every "
+        "event forever. Applied to the topic on every start.",
+        _retention,
+    )
+    family_retention_ms: int = setting(
+        "STRIPE_STREAMS_FAMILY_RETENTION_MS", 7 * 24 * 3600 * 1000,
+        "Retention of the family topics, which are derived from the log, milliseconds; -1: "
+        "forever.",
+        _retention,
+    )
+    job_batch_size: int = setting(
+        "STRIPE_STREAMS_JOB_BATCH_SIZE", 5000,
+        "Most events replay and rebuild apply in one PostgreSQL transaction.", _positive_int,
     )
     worker_web_port: int = setting(
         "STRIPE_STREAMS_WORKER_PORT", 6066,
