@@ -48,6 +48,8 @@ class Candidate:
 
 
 EventRecord = tuple[ConsumedEvent, Outcome, int]
+RowVersion = tuple[tuple[int, int], str]
+"""A mirror row's version (its event's ``created`` and log offset) and that event's id."""
 
 
 class BatchPlan:
@@ -105,21 +107,26 @@ class BatchPlan:
             tables[table].append(staged)
         return tables
 
-    def settle(self, prior: Mapping[tuple[str, str], tuple[int, int]]) -> list[EventRecord]:
+    def settle(self, prior: Mapping[tuple[str, str], RowVersion]) -> list[EventRecord]:
         """Decide each candidate's outcome from the rows' versions before the batch.
 
         Replays the batch in log order: an event whose own object's row held an older version
-        (or none) when its turn came is processed, otherwise stale. Returns the event-log
-        records of the candidates.
+        (or none, or this very event) when its turn came is processed, otherwise stale.
+        Returns the event-log records of the candidates.
         """
         versions = dict(prior)
         records: list[EventRecord] = []
         for candidate in self.candidates:
+            event = candidate.event
             for row in candidate.projection.rows if candidate.projection else ():
                 key = (row.table, row.id)
                 current = versions.get(key)
-                if current is None or current < candidate.event.version:
-                    versions[key] = candidate.event.version
+                if (
+                    current is None
+                    or current[1] == event.envelope.id
+                    or current[0] < event.version
+                ):
+                    versions[key] = (event.version, event.envelope.id)
                     candidate.advanced.add(key)
             outcome = candidate.outcome()
             self.outcomes[candidate.event.coordinates] = outcome

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from functools import cache
 from typing import Any
 
@@ -34,26 +36,71 @@ COMMON_COLUMNS = (
 _written_columns_cache: dict[str, tuple[str, ...]] = {}
 
 
+class Audit(StrEnum):
+    """What a batch writes to ``ops.event_log`` and ``ops.event_stats``."""
+
+    LIVE = "live"
+    """Every event: a new id is recorded, a known one counts a delivery; stats are counted."""
+    REPLAY = "replay"
+    """Re-applied events get ``source = replay``; no delivery and no stats are counted."""
+    NONE = "none"
+    """Nothing: a rebuild fills tables beside the live ones, whose events are logged already."""
+
+
+@dataclass(frozen=True, slots=True)
+class Projecting:
+    """Where a batch's rows go, which stored positions it moves, and what it records.
+
+    Live processing moves the family's positions and records every delivery; a replay writes
+    the live tables again without positions (its job keeps its own); a rebuild writes the
+    tables of another schema and records nothing.
+    """
+
+    positions: str | None
+    audit: Audit
+    schema: str = MIRROR_SCHEMA
+
+    @classmethod
+    def live(cls, projection: str) -> Projecting:
+        """Live processing of the projection ``projection`` (a family's name)."""
+        return cls(projection, Audit.LIVE)
+
+    @classmethod
+    def replay(cls) -> Projecting:
+        """Re-projecting events already in the log into the live tables."""
+        return cls(None, Audit.REPLAY)
+
+    @classmethod
+    def rebuild(cls, schema: str) -> Projecting:
+        """Projecting the log into the mirror tables of ``schema``."""
+        return cls(None, Audit.NONE, schema)
+
+
 async def apply_batch(
     conn: AsyncConnection[Any],
     family: str,
     events: Sequence[ConsumedEvent],
     registry: HandlerRegistry,
     *,
-    projection: str | None = None,
+    projecting: Projecting | None = None,
     attempts: int = 1,
 ) -> list[AppliedEvent]:
     """Apply consumed events to the mirror tables in one transaction and return each outcome.
 
+    ``projecting`` says how (live processing of ``family`` by default); the steps below are
+    those of live processing, and a replay or a rebuild leaves out what :class:`Projecting`
+    says it does not write.
+
     Order of side effects, which is what makes the projection crash-safe:
 
     1. Lock the stored positions of the batch's partitions (``ops.projection_offsets`` rows of
-       ``projection``, the family by default) and skip every event at or below them: an
+       the family's projection) and skip every event at or below them: an
        earlier run, perhaps another worker before a rebalance, applied those already. The lock
        makes a second worker that briefly holds the same partition wait, then skip.
     2. Write the rows: per object the newest event of the batch is upserted with a guard on
-       ``(last_event_created, last_event_offset)``, so a row only ever moves to a newer event;
-       then children left out of complete lists are marked deleted.
+       ``(last_event_created, last_event_offset)``, so a row only ever moves to a newer event
+       (or is written again from the event it holds: how a replay re-projects it); then
+       children left out of complete lists are marked deleted.
     3. Write ``ops.event_log`` (one row per event id: a known id only counts a delivery),
        ``ops.event_stats`` and the new positions.
     4. Commit the transaction.
@@ -81,7 +128,8 @@ async def apply_batch(
         # round trips (positions and log, upserts, the rest with the commit).
         async with conn.pipeline(), conn.transaction():
             return await _apply(
-                conn, family, projection or family, events, registry, columns, attempts
+                conn, family, projecting or Projecting.live(family), events, registry,
+                columns, attempts,
             )
     except (psycopg.DataError, psycopg.IntegrityError, ProgramLimitExceeded) as exc:
         raise BatchRejected(exc) from exc
@@ -90,44 +138,63 @@ async def apply_batch(
 async def _apply(
     conn: AsyncConnection[Any],
     family: str,
-    projection: str,
+    projecting: Projecting,
     events: Sequence[ConsumedEvent],
     registry: HandlerRegistry,
     columns: Mapping[str, tuple[str, ...]],
     attempts: int,
 ) -> list[AppliedEvent]:
-    locking = await lock_positions(conn, projection, events)
-    looking_up = await conn.execute(
-        queries("writer")["logged_events"], {"event_ids": [e.envelope.id for e in events]}
+    locking = (
+        await lock_positions(conn, projecting.positions, events)
+        if projecting.positions is not None else None
     )
-    positions = {(str(t), int(p)): int(o) for t, p, o in await locking.fetchall()}
-    logged = {str(event_id): str(status) for event_id, status in await looking_up.fetchall()}
-    fresh = [e for e in events if e.offset > positions[(e.topic, e.partition)]]
-    plan = BatchPlan(fresh, logged, registry)
+    looking_up = (
+        await conn.execute(
+            queries("writer")["logged_events"], {"event_ids": [e.envelope.id for e in events]}
+        )
+        if projecting.audit is not Audit.NONE else None
+    )
+    positions = (
+        {(str(t), int(p)): int(o) for t, p, o in await locking.fetchall()} if locking else {}
+    )
+    logged = (
+        {str(event_id): str(status) for event_id, status in await looking_up.fetchall()}
+        if looking_up else {}
+    )
+    fresh = [e for e in events if e.offset > positions.get((e.topic, e.partition), -1)]
+    # A replay re-projects what the log holds, whatever was logged of it before.
+    plan = BatchPlan(fresh, logged if projecting.audit is Audit.LIVE else {}, registry)
     upserts = [
-        await _upsert_rows(conn, table, columns[table], rows)
+        await _upsert_rows(conn, projecting.schema, table, columns[table], rows)
         for table, rows in plan.staged_rows().items()
     ]
     prior = {
-        (table, str(row_id)): (int(created), int(offset))
+        (table, str(row_id)): ((int(created), int(offset)), str(event_id))
         for table, upserting in upserts
-        for row_id, created, offset in await upserting.fetchall()
+        for row_id, created, offset, event_id in await upserting.fetchall()
     }
     records = plan.settle(prior)
-    await _mark_removed_children(conn, plan.candidates)
-    await record_events(conn, family, [*records, *plan.duplicates], attempts=attempts)
-    await count_stats(conn, family, records)
-    await advance_positions(conn, projection, fresh)
+    await _mark_removed_children(conn, projecting.schema, plan.candidates)
+    if projecting.audit is Audit.LIVE:
+        await record_events(conn, family, [*records, *plan.duplicates], attempts=attempts)
+        await count_stats(conn, family, records)
+    elif projecting.audit is Audit.REPLAY:
+        await record_replayed(conn, family, records)
+    if projecting.audit is not Audit.NONE:
+        await close_revived_dead_letters(conn, records, logged)
+    if projecting.positions is not None:
+        await advance_positions(conn, projecting.positions, fresh)
     return [AppliedEvent(e, plan.outcomes.get(e.coordinates, Outcome.SKIPPED)) for e in events]
 
 
 async def _upsert_rows(
-    conn: AsyncConnection[Any], table: str, columns: tuple[str, ...], rows: Sequence[bytes]
+    conn: AsyncConnection[Any], schema: str, table: str, columns: tuple[str, ...],
+    rows: Sequence[bytes],
 ) -> tuple[str, AsyncCursor[Any]]:
     """Send the upsert of the staged rows; its result is the prior versions of the rows."""
     document = b"[" + b",".join(rows) + b"]"
     return table, await conn.execute(
-        _upsert_statement(table, columns), {"rows": Json(document, dumps=_as_is)}
+        _upsert_statement(schema, table, columns), {"rows": Json(document, dumps=_as_is)}
     )
 
 
@@ -136,15 +203,15 @@ def _as_is(document: bytes) -> bytes:
 
 
 @cache
-def _upsert_statement(table: str, columns: tuple[str, ...]) -> bytes:
+def _upsert_statement(schema: str, table: str, columns: tuple[str, ...]) -> bytes:
     """The upsert of one mirror table, rendered once: composing it costs more than running it."""
     return sql.SQL(queries("writer")["upsert_mirror"]).format(
-        table=sql.Identifier(MIRROR_SCHEMA, table),
+        table=sql.Identifier(schema, table),
         columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
         assignments=sql.SQL(", ").join(
             sql.SQL("{name} = excluded.{name}").format(name=sql.Identifier(name))
             for name in columns
-            if name != "id"
+            if name not in ("id", "last_event_offset")
         ),
     ).as_bytes()
 
@@ -159,7 +226,7 @@ def _json(value: Any) -> Json:
 
 
 async def _mark_removed_children(
-    conn: AsyncConnection[Any], candidates: Sequence[Candidate]
+    conn: AsyncConnection[Any], schema: str, candidates: Sequence[Candidate]
 ) -> None:
     newest: dict[tuple[str, str, str], dict[str, tuple[int, int]]] = defaultdict(dict)
     for candidate in candidates:
@@ -175,7 +242,7 @@ async def _mark_removed_children(
         return
     event_ids = [c.event.envelope.id for c in candidates]
     for (child, parent_column, parent), versions in newest.items():
-        statement = _removal_statement(child, parent_column, parent)
+        statement = _removal_statement(schema, child, parent_column, parent)
         parents = sorted(versions)
         await conn.execute(
             statement,
@@ -189,10 +256,10 @@ async def _mark_removed_children(
 
 
 @cache
-def _removal_statement(child: str, parent_column: str, parent: str) -> bytes:
+def _removal_statement(schema: str, child: str, parent_column: str, parent: str) -> bytes:
     return sql.SQL(queries("writer")["mark_removed_children"]).format(
-        child=sql.Identifier(MIRROR_SCHEMA, child),
-        parent=sql.Identifier(MIRROR_SCHEMA, parent),
+        child=sql.Identifier(schema, child),
+        parent=sql.Identifier(schema, parent),
         parent_column=sql.Identifier(parent_column),
     ).as_bytes()
 
@@ -259,6 +326,51 @@ async def record_events(
         queries("writer")["record_events"],
         {"family": family, "attempts": attempts, "events": _json(events)},
     )
+
+
+async def record_replayed(
+    conn: AsyncConnection[Any], family: str, records: Sequence[EventRecord]
+) -> None:
+    """Record in ``ops.event_log`` what a replay did: ``source = replay`` where it re-applied.
+
+    An event the log did not hold yet is recorded as the replay found it; no delivery is
+    counted, since no one delivered it again.
+    """
+    if not records:
+        return
+    events = [
+        {
+            "event_id": event.envelope.id,
+            "type": event.envelope.type,
+            "object_id": event.envelope.object_id,
+            "account": event.envelope.account,
+            "livemode": event.envelope.livemode,
+            "created": event.envelope.created,
+            "received_at": event.envelope.received_at,
+            "status": outcome.value,
+            "topic": event.topic,
+            "partition": event.partition,
+            "offset": event.offset,
+        }
+        for event, outcome, _ in records
+    ]
+    await conn.execute(
+        queries("writer")["record_replayed"], {"family": family, "events": _json(events)}
+    )
+
+
+async def close_revived_dead_letters(
+    conn: AsyncConnection[Any], records: Sequence[EventRecord], logged: Mapping[str, str]
+) -> None:
+    """Mark ``retried`` the open dead letters of events that were dead-lettered and now are not."""
+    revived = sorted(
+        event.envelope.id
+        for event, outcome, _ in records
+        if logged.get(event.envelope.id) == Outcome.DEAD_LETTERED
+        and outcome is not Outcome.DEAD_LETTERED
+    )
+    if revived:
+        await conn.execute(queries("writer")["close_revived_dead_letters"], {"event_ids": revived})
 
 
 async def count_stats(

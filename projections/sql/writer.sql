@@ -49,6 +49,31 @@ ON CONFLICT (event_id) DO UPDATE SET
                        ELSE l."partition" END,
     "offset" = CASE WHEN l.status = 'dead_lettered' THEN excluded."offset" ELSE l."offset" END
 
+-- name: record_replayed
+-- Re-applied events get source replay (and leave dead_lettered, if that was their status);
+-- deliveries stay as they were.
+INSERT INTO ops.event_log AS l (
+    event_id, type, family, object_id, account, livemode, created, received_at, processed_at,
+    status, deliveries, attempts, source, topic, "partition", "offset"
+)
+SELECT e.event_id, e.type, %(family)s, e.object_id, e.account, e.livemode,
+       to_timestamp(e.created), e.received_at, clock_timestamp(), e.status, 1, 1, 'replay',
+       e.topic, e."partition", e."offset"
+FROM json_to_recordset(%(events)s::json) AS e(
+    event_id text, type text, object_id text, account text, livemode boolean, created bigint,
+    received_at timestamptz, status text, topic text, "partition" int, "offset" bigint
+)
+ORDER BY e.event_id
+ON CONFLICT (event_id) DO UPDATE SET
+    source = CASE WHEN excluded.status = 'processed' THEN 'replay' ELSE l.source END,
+    processed_at = CASE WHEN excluded.status = 'processed' THEN excluded.processed_at
+                        ELSE l.processed_at END,
+    status = CASE WHEN l.status = 'dead_lettered' THEN excluded.status ELSE l.status END
+
+-- name: close_revived_dead_letters
+UPDATE ops.dead_letters SET status = 'retried', updated_at = now()
+WHERE event_id = ANY(%(event_ids)s::text[]) AND status = 'open'
+
 -- name: count_stats
 INSERT INTO ops.event_stats AS s (minute, family, type, status, events, lag_ms_total, lag_ms_max)
 SELECT date_trunc('minute', now()), %(family)s, e.type, e.status, count(*), sum(e.lag_ms),
@@ -90,22 +115,29 @@ WHERE a.attrelid = %(table)s::regclass AND a.attnum > 0 AND NOT a.attisdropped
 -- name: upsert_mirror
 -- The batch's rows arrive as one JSON array of objects keyed by column, unpacked into the
 -- table's row type: no temporary table, so nothing to truncate at commit. The guard makes the
--- upsert reorder-safe: a row only ever moves to a newer event. The result is each row's version
--- before the upsert, from which the writer tells stale events apart.
+-- upsert reorder-safe: a row only ever moves to a newer event, or is written again from the
+-- event it holds (a replay re-projecting it), keeping that event's first position. The result
+-- is each row's version before the upsert, from which the writer tells stale events apart.
 WITH staged AS (
     SELECT {columns} FROM json_populate_recordset(NULL::{table}, %(rows)s::json)
 ), prior AS (
-    SELECT t.id, t.last_event_created, t.last_event_offset
+    SELECT t.id, t.last_event_created, t.last_event_offset, t.last_event_id
     FROM {table} AS t JOIN staged AS s ON s.id = t.id
 ), upserted AS (
     INSERT INTO {table} AS t ({columns}, updated_at)
     SELECT {columns}, now() FROM staged ORDER BY id
-    ON CONFLICT (id) DO UPDATE SET {assignments}, updated_at = excluded.updated_at
+    ON CONFLICT (id) DO UPDATE SET {assignments}, updated_at = excluded.updated_at,
+        last_event_offset = CASE WHEN t.last_event_id = excluded.last_event_id
+                                 THEN t.last_event_offset ELSE excluded.last_event_offset END
     WHERE t.last_event_created IS NULL
-       OR (t.last_event_created, coalesce(t.last_event_offset, -1))
-          < (excluded.last_event_created, excluded.last_event_offset)
+       OR (t.last_event_id = excluded.last_event_id
+           AND t.last_event_created = excluded.last_event_created)
+       OR (t.last_event_id IS DISTINCT FROM excluded.last_event_id
+           AND (t.last_event_created, coalesce(t.last_event_offset, -1))
+               < (excluded.last_event_created, excluded.last_event_offset))
 )
-SELECT id, extract(epoch FROM last_event_created)::bigint, coalesce(last_event_offset, -1)
+SELECT id, extract(epoch FROM last_event_created)::bigint, coalesce(last_event_offset, -1),
+       last_event_id
 FROM prior
 WHERE last_event_created IS NOT NULL
 

@@ -76,7 +76,7 @@ def test_events_older_than_what_the_row_already_holds_are_stale() -> None:
     events = [widget_event("evt_a", 10, 100), widget_event("evt_b", 11, 300)]
     plan = BatchPlan(events, {}, widgets)
 
-    plan.settle({("widgets", "wid_1"): (200, 5)})
+    plan.settle({("widgets", "wid_1"): ((200, 5), "evt_newer")})
 
     assert outcomes(plan, events) == [Outcome.STALE, Outcome.PROCESSED]
 
