@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any, NoReturn
 
-from streams.cli import gateway, migrate, services, settings, worker
+from streams.cli import gateway, migrate, replay, services, settings, worker
 from streams.errors import StreamsError
 from streams.settings import Settings
 
@@ -25,6 +25,7 @@ COMMANDS: dict[str, ModuleType] = {
     "migrate": migrate,
     "gateway": gateway,
     "worker": worker,
+    "replay": replay,
     "settings": settings,
 }
 Run = Callable[[Settings, argparse.Namespace], int]

@@ -11,7 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from streams.errors import StreamsError
+from streams.errors import CodecError, InvalidEvent, StreamsError
+from streams.log.codec import decode_event
 from streams.log.envelope import EventEnvelope
 
 
@@ -108,3 +109,30 @@ class BatchRejected(StreamsError):
     def __init__(self, cause: Exception) -> None:
         super().__init__(f"{type(cause).__name__}: {cause}")
         self.cause = cause
+
+
+Decoded = ConsumedEvent | CodecError | tuple[ConsumedEvent, InvalidEvent]
+"""An event ready to apply, a message that does not decode, or an envelope nothing can store."""
+
+
+def decode_consumed(
+    topic: str, partition: int, offset: int, value: bytes | None,
+    headers: Iterable[tuple[str, bytes]] | None, *, in_log: bool,
+) -> Decoded:
+    """A consumed message as an event to apply, or why it is none.
+
+    ``in_log`` says the message was read from ``<prefix>.events`` itself, whose offsets are
+    the log offsets; a family topic's message carries its log offset in a header.
+    """
+    try:
+        envelope = decode_event(value or b"")
+    except CodecError as exc:
+        return exc
+    log_offset = offset if in_log else log_offset_in(headers)
+    consumed = ConsumedEvent(envelope, topic, partition, offset, log_offset)
+    try:
+        # The log may hold envelopes appended before the gateway refused them.
+        envelope.check()
+    except InvalidEvent as exc:
+        return consumed, exc
+    return consumed

@@ -24,9 +24,9 @@ import faust
 from faust import Stream
 from faust.types import Message
 
-from streams.errors import CodecError, InvalidEvent
-from streams.log.codec import decode_event, event_type_of
-from streams.log.consumed import AppliedEvent, ConsumedEvent, log_offset_in
+from streams.errors import CodecError
+from streams.log.codec import event_type_of
+from streams.log.consumed import AppliedEvent, ConsumedEvent, Decoded, decode_consumed
 from streams.log.routing import FAMILIES, OTHER, route_event
 from streams.settings import Settings
 from streams.worker.batching import Delivery, batches
@@ -121,7 +121,12 @@ def _projector(runtime: WorkerRuntime, family: str) -> Settle:
     settler = runtime.settler(family, projection=family)
 
     async def settle(events: Sequence[Delivery]) -> None:
-        """Apply the batch in log order, dead-lettering in place messages that are no event."""
+        """Apply the batch in log order, dead-lettering in place messages that are no event.
+
+        While the family is paused by the dead-letter circuit breaker, the batch waits
+        unacknowledged, so the family's partitions stop advancing.
+        """
+        await settler.wait_while_paused()
         applied: list[AppliedEvent] = []
         run: list[ConsumedEvent] = []
         for event, decoded in _decode(events):
@@ -140,32 +145,16 @@ def _projector(runtime: WorkerRuntime, family: str) -> Settle:
     return settle
 
 
-Decoded = ConsumedEvent | CodecError | tuple[ConsumedEvent, InvalidEvent]
-"""An event ready to apply, a message that does not decode, or an envelope nothing can store."""
-
-
 def _decode(events: Sequence[Delivery]) -> list[tuple[Delivery, Decoded]]:
     """Each Faust event with its decoded envelope and coordinates, or why it is no event."""
     decoded: list[tuple[Delivery, Decoded]] = []
     for event in events:
         message = event.message
-        try:
-            envelope = decode_event(message.value or b"")
-        except CodecError as exc:
-            decoded.append((event, exc))
-            continue
         headers = message.headers
-        consumed = ConsumedEvent(
-            envelope, message.topic, message.partition, message.offset,
-            log_offset_in(headers.items() if isinstance(headers, Mapping) else headers),
-        )
-        try:
-            # The log may hold envelopes appended before the gateway refused them.
-            envelope.check()
-        except InvalidEvent as exc:
-            decoded.append((event, (consumed, exc)))
-        else:
-            decoded.append((event, consumed))
+        decoded.append((event, decode_consumed(
+            message.topic, message.partition, message.offset, message.value,
+            headers.items() if isinstance(headers, Mapping) else headers, in_log=False,
+        )))
     return decoded
 
 

@@ -18,11 +18,37 @@ from streams.log.routing import FAMILIES
 from streams.log.topics import DEAD_LETTER_SUFFIX, MAX_MESSAGE_BYTES
 from streams.settings import Settings
 from streams.worker.batching import Delivery
+from streams.worker.breaker import BreakerPolicy, DeadLetterBreaker
 from streams.worker.settling import BatchSettler, RetryPolicy, patiently
 
 
+def new_producer(settings: Settings) -> AIOKafkaProducer:
+    """An idempotent producer (``acks=all``) for forwarded events, dead letters and retries."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=2,
+        # aiokafka's 16 KiB batches hold four typical events; the router forwards hundreds to
+        # each partition at a time.
+        max_batch_size=512 * 1024,
+        # The largest event the gateway accepts must pass the router unchanged.
+        max_request_size=MAX_MESSAGE_BYTES,
+    )
+
+
+async def send_dead_letter(
+    producer: AIOKafkaProducer, settings: Settings, letter: DeadLetter
+) -> None:
+    """Produce a dead letter to ``<prefix>.events.dlq`` and wait for Kafka's acknowledgement."""
+    sent = await producer.send(
+        settings.topic(DEAD_LETTER_SUFFIX), encode_dead_letter(letter), key=letter.event.key
+    )
+    await sent
+
+
 class WorkerRuntime(Service):
-    """The handler registry, metrics, the projections' store and the Kafka producer.
+    """The handler registry, metrics, the projections' store, the Kafka producer and breaker.
 
     The store and the producer open as the runtime starts, or on first use if an agent gets
     partitions before that; both close when the app stops.
@@ -37,6 +63,10 @@ class WorkerRuntime(Service):
         # once: no agent waits, not even for its first connection.
         self.store = ProjectionStore(settings, self.registry, connections=len(FAMILIES) + 1)
         self.retry = RetryPolicy.from_settings(settings)
+        self.breaker = DeadLetterBreaker(
+            BreakerPolicy.from_settings(settings), self.store, retry=self.retry,
+            metrics=self.metrics,
+        )
         self.next_offsets: dict[tuple[str, int], int] = {}
         self.consumer_lag: dict[tuple[str, int], int] = {}
         self.metrics.track_consumer_lag(lambda: self.consumer_lag)
@@ -53,17 +83,7 @@ class WorkerRuntime(Service):
         async with self._opening:
             if self._producer is None:
                 await self.store.open()
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self.settings.kafka_bootstrap_servers,
-                    acks="all",
-                    enable_idempotence=True,
-                    linger_ms=2,
-                    # aiokafka's 16 KiB batches hold four typical events; the router forwards
-                    # hundreds to each partition at a time.
-                    max_batch_size=512 * 1024,
-                    # The largest event the gateway accepts must pass the router unchanged.
-                    max_request_size=MAX_MESSAGE_BYTES,
-                )
+                producer = new_producer(self.settings)
                 await patiently(producer.start, self.retry, "starting the producer")
                 self._producer = producer
 
@@ -90,15 +110,10 @@ class WorkerRuntime(Service):
     async def publish_dead_letter(self, letter: DeadLetter) -> None:
         """Produce a dead letter to ``<prefix>.events.dlq`` and wait for Kafka's acknowledgement."""
         await self.ready()
-        sent = await self.producer.send(
-            self.settings.topic(DEAD_LETTER_SUFFIX),
-            encode_dead_letter(letter),
-            key=letter.event.key,
-        )
-        await sent
+        await send_dead_letter(self.producer, self.settings, letter)
 
     def settler(self, family: str, *, projection: str | None) -> BatchSettler:
-        """The settler of one family's batches (or of the router's: no projection)."""
+        """The settler of one family's batches (or of the router's: no projection, no breaker)."""
 
         def handler_of(event_type: str) -> str:
             registered = self.registry.lookup(event_type)
@@ -111,4 +126,5 @@ class WorkerRuntime(Service):
             publish=self.publish_dead_letter,
             handler_of=handler_of,
             retry=self.retry,
+            breaker=self.breaker if projection is not None else None,
         )

@@ -1,0 +1,28 @@
+-- Named queries of projections/jobs.py: the rows of ops.batch_jobs.
+
+-- name: start_job
+INSERT INTO ops.batch_jobs (kind, params, total, position)
+VALUES (%(kind)s, %(params)s, %(total)s, %(position)s)
+RETURNING id
+
+-- name: resume_job
+-- A running job whose process died is resumed as well as a cancelled or failed one.
+UPDATE ops.batch_jobs
+SET status = 'running', error = NULL, finished_at = NULL, updated_at = now()
+WHERE id = %(id)s AND kind = %(kind)s AND status <> 'succeeded'
+RETURNING params, total, processed, failed, position
+
+-- name: job_status
+SELECT kind, status FROM ops.batch_jobs WHERE id = %(id)s
+
+-- name: record_progress
+UPDATE ops.batch_jobs
+SET total = %(total)s, processed = %(processed)s, failed = %(failed)s, position = %(position)s,
+    updated_at = now()
+WHERE id = %(id)s
+
+-- name: finish_job
+UPDATE ops.batch_jobs
+SET total = %(total)s, processed = %(processed)s, failed = %(failed)s, position = %(position)s,
+    status = %(status)s, error = %(error)s, updated_at = now(), finished_at = now()
+WHERE id = %(id)s
