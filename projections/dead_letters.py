@@ -26,8 +26,9 @@ async def record_dead_letter(
 ) -> bool:
     """Record an event already produced to the dead-letter topic; return False if known.
 
-    In one transaction: the ``ops.dead_letters`` row (one per source coordinates, so recording
-    the same message twice adds nothing), its ``ops.event_log`` record with status
+    In one transaction: the ``ops.dead_letters`` row (one per failing event: an event failing
+    again updates its row; recording the same message twice adds nothing), its
+    ``ops.event_log`` record with status
     ``dead_lettered``, the stats and, for a ``projection``, the position past it. Writes nothing
     when the message is recorded already or that position covers it (another worker recorded
     it first). The router, which projects nothing, passes ``projection=None``. An envelope
@@ -57,6 +58,8 @@ async def record_dead_letter(
                 "source_partition": event.partition,
                 "source_offset": event.offset,
                 "payload": Jsonb(_payload(event.envelope)),
+                "endpoint": event.envelope.endpoint,
+                "received_at": event.envelope.received_at,
             },
         )
         if await cursor.fetchone() is None:

@@ -51,6 +51,8 @@ CREATE TABLE ops.dead_letters (
     source_offset    bigint NOT NULL,
     payload          jsonb NOT NULL,
     updated_at       timestamptz NOT NULL DEFAULT now(),
+    endpoint         text,
+    received_at      timestamptz,
     -- One dead letter per consumed message, even when a crash makes the worker fail it twice.
     UNIQUE (source_topic, source_partition, source_offset)
 );
@@ -70,7 +72,8 @@ CREATE TABLE ops.batch_jobs (
     error       text,
     started_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
-    finished_at timestamptz
+    finished_at timestamptz,
+    position    jsonb
 );
 CREATE INDEX batch_jobs_recent_idx ON ops.batch_jobs (started_at DESC);
 

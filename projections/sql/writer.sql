@@ -91,18 +91,41 @@ ON CONFLICT (minute, family, type, status) DO UPDATE SET
     lag_ms_max = greatest(s.lag_ms_max, excluded.lag_ms_max)
 
 -- name: record_dead_letter
--- One row per consumed message: a worker that crashed after producing the dead letter and
--- fails the same message again after its restart adds nothing.
-INSERT INTO ops.dead_letters (
-    event_id, type, family, handler, error_type, error_message, attempts, first_failed_at,
-    last_failed_at, source_topic, source_partition, source_offset, payload
-) VALUES (
-    %(event_id)s, %(type)s, %(family)s, %(handler)s, %(error_type)s, %(error_message)s,
-    %(attempts)s, %(first_failed_at)s, %(last_failed_at)s, %(source_topic)s,
-    %(source_partition)s, %(source_offset)s, %(payload)s
+-- One row per failing event: an event that fails again (a retry, a replay, another copy of
+-- it) updates its open or retried dead letter, adding its attempts and keeping its first
+-- coordinates. A worker that crashed after producing the dead letter and fails the same message
+-- again after its restart adds nothing.
+WITH again AS (
+    UPDATE ops.dead_letters AS d SET
+        attempts = d.attempts + %(attempts)s,
+        handler = %(handler)s,
+        error_type = %(error_type)s,
+        error_message = %(error_message)s,
+        last_failed_at = %(last_failed_at)s,
+        status = 'open',
+        updated_at = now()
+    WHERE d.id = (
+        SELECT id FROM ops.dead_letters
+        WHERE event_id = %(event_id)s AND status <> 'resolved'
+          AND (source_topic, source_partition, source_offset)
+              <> (%(source_topic)s, %(source_partition)s, %(source_offset)s)
+        ORDER BY id DESC LIMIT 1
+    )
+    RETURNING d.id
+), first AS (
+    INSERT INTO ops.dead_letters (
+        event_id, type, family, handler, error_type, error_message, attempts, first_failed_at,
+        last_failed_at, source_topic, source_partition, source_offset, payload, endpoint,
+        received_at
+    )
+    SELECT %(event_id)s, %(type)s, %(family)s, %(handler)s, %(error_type)s, %(error_message)s,
+           %(attempts)s, %(first_failed_at)s, %(last_failed_at)s, %(source_topic)s,
+           %(source_partition)s, %(source_offset)s, %(payload)s, %(endpoint)s, %(received_at)s
+    WHERE NOT EXISTS (SELECT FROM again)
+    ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING
+    RETURNING id
 )
-ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING
-RETURNING id
+SELECT id FROM again UNION ALL SELECT id FROM first
 
 -- name: count_open_dead_letters
 SELECT count(*) FROM ops.dead_letters WHERE status = 'open'
