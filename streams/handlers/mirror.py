@@ -16,7 +16,14 @@ from decimal import Decimal
 from typing import Any
 
 from streams.errors import HandlerError
-from streams.handlers.registry import REGISTRY, Event, MirrorRow, MirrorTable, Projection
+from streams.handlers.registry import (
+    REGISTRY,
+    Event,
+    MirrorRow,
+    MirrorTable,
+    Projection,
+    family_of,
+)
 from streams.log.envelope import EARLIEST_CREATED, LATEST_CREATED
 
 
@@ -238,16 +245,21 @@ class Mirror:
         *,
         events: tuple[str, ...] = (),
         deletes: tuple[str, ...] = (),
+        family: str | None = None,
         **fields: Field,
     ) -> Mirror:
         """Declare the mirror table ``name`` in the registry, holding ``object_type`` objects.
 
         An event of a type in ``events`` (or ``deletes``, whose events mark the object
         deleted) is projected as one row of this table by ``<object_type>_changed``; a table
-        fed by a handler of its own lists no types here.
+        fed by a handler of its own lists no types here and names its ``family`` instead.
         """
+        if family is None:
+            if not events and not deletes:
+                raise ValueError(f"mirror table {name!r} needs its events or its family")
+            family = family_of((*events, *deletes))
         column_types = {column: field.sql_type for column, field in fields.items()}
-        mirror = cls(REGISTRY.table(name, column_types), object_type, fields)
+        mirror = cls(REGISTRY.table(name, column_types, family), object_type, fields)
         if events or deletes:
             handler = f"{object_type.replace('.', '_')}_changed"
             REGISTRY.register(handler, mirror.project, *events, deletes=deletes)

@@ -34,6 +34,8 @@ class MirrorTable:
     name: str
     column_types: Mapping[str, str]
     """Each typed column and its SQL type (``text``, ``bigint``, ``timestamptz``, ...)."""
+    family: str
+    """The one family whose events write this table, so rebuilding a family rebuilds it."""
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -106,11 +108,11 @@ class HandlerRegistry:
     _unhandled: dict[str, UnhandledType] = field(default_factory=dict)
     _tables: dict[str, MirrorTable] = field(default_factory=dict)
 
-    def table(self, name: str, column_types: Mapping[str, str]) -> MirrorTable:
-        """Declare a mirror table and its typed columns with their SQL types."""
+    def table(self, name: str, column_types: Mapping[str, str], family: str) -> MirrorTable:
+        """Declare a mirror table, its typed columns with their SQL types, and its family."""
         if name in self._tables:
             raise ValueError(f"mirror table {name!r} is declared twice")
-        declared = MirrorTable(name, dict(column_types))
+        declared = MirrorTable(name, dict(column_types), family)
         self._tables[name] = declared
         return declared
 
@@ -134,7 +136,7 @@ class HandlerRegistry:
         self, name: str, handler: Handler, *event_types: str, deletes: tuple[str, ...] = ()
     ) -> None:
         """Register ``handler``, named ``name`` in dead letters, for these event types."""
-        family = _family_of((*event_types, *deletes))
+        family = family_of((*event_types, *deletes))
         for event_type in (*event_types, *deletes):
             self._claim(event_type)
             self._handlers[event_type] = RegisteredHandler(
@@ -143,7 +145,7 @@ class HandlerRegistry:
 
     def leaves_unhandled(self, *event_types: str, reason: str) -> None:
         """Record event types a family's topic carries but deliberately does not project."""
-        family = _family_of(event_types)
+        family = family_of(event_types)
         for event_type in event_types:
             self._claim(event_type)
             self._unhandled[event_type] = UnhandledType(family, reason)
@@ -166,6 +168,10 @@ class HandlerRegistry:
         """Every declared mirror table by name."""
         return self._tables
 
+    def tables_of(self, family: str) -> list[str]:
+        """The names of the mirror tables ``family``'s events write."""
+        return sorted(name for name, table in self._tables.items() if table.family == family)
+
     @property
     def event_types(self) -> Mapping[str, RegisteredHandler]:
         """Every registered event type and its handler."""
@@ -177,7 +183,7 @@ class HandlerRegistry:
         return self._unhandled
 
 
-def _family_of(event_types: tuple[str, ...]) -> str:
+def family_of(event_types: tuple[str, ...]) -> str:
     """The one family the routing table sends all these event types to."""
     families = {route_event(event_type) for event_type in event_types}
     if len(families) != 1:

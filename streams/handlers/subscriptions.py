@@ -48,6 +48,7 @@ def _item_period(bound: str, pick: Callable[[Iterable[datetime]], datetime]) -> 
 SUBSCRIPTIONS = Mirror.declare(
     "subscriptions",
     "subscription",
+    family="subscriptions",
     customer=reference("customer"),
     status=text("status"),
     currency=text("currency"),
@@ -74,6 +75,7 @@ SUBSCRIPTIONS = Mirror.declare(
 SUBSCRIPTION_ITEMS = Mirror.declare(
     "subscription_items",
     "subscription_item",
+    family="subscriptions",
     subscription=reference("subscription"),
     price=first(reference("price"), reference("plan")),
     product=first(reference("price", "product"), reference("plan", "product")),

@@ -61,6 +61,19 @@ def test_every_handled_type_routes_to_the_family_of_its_handler() -> None:
         assert route_event(event_type) == handler.family, event_type
 
 
+def test_every_handler_writes_only_tables_of_its_own_family() -> None:
+    """Rebuilding one family swaps exactly its tables, so no other family may write them."""
+    written = 0
+    for event_type, handler in REGISTRY.event_types.items():
+        object_type = event_type.rsplit(".", 1)[0]
+        if object_type not in stripe_objects():
+            continue
+        for row in _project(event_type, _fixture(object_type)).rows:
+            written += 1
+            assert row.table in REGISTRY.tables_of(handler.family), (event_type, row.table)
+    assert written > 60
+
+
 def test_customer_columns_come_from_the_customer() -> None:
     row = _only_row("customer.updated", _fixture("customer", email="ada@example.com"))
     assert (row.table, row.id, row.deleted) == ("customers", "cus_QXg1o8vcGmoR32", False)

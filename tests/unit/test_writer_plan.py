@@ -17,8 +17,8 @@ from streams.log.envelope import EventEnvelope, EventSource
 
 TOPIC = "stripe.events.widgets"
 widgets = HandlerRegistry()
-widgets.table("widgets", {"colour": "text"})
-widgets.table("widget_parts", {"widget": "text"})
+widgets.table("widgets", {"colour": "text"}, "other")
+widgets.table("widget_parts", {"widget": "text"}, "other")
 
 
 @widgets.handles("widget.updated")
