@@ -90,3 +90,10 @@ def _row(job: JobState) -> dict[str, Any]:
         "id": job.id, "total": job.total, "processed": job.processed, "failed": job.failed,
         "position": Jsonb(job.position),
     }
+
+
+async def logged_statuses(conn: AsyncConnection[Any], event_ids: list[str]) -> dict[str, str]:
+    """The ``ops.event_log`` status of each of the events that has one."""
+    async with conn.transaction():
+        cursor = await conn.execute(queries("jobs")["logged_statuses"], {"event_ids": event_ids})
+        return {str(event_id): str(status) for event_id, status in await cursor.fetchall()}

@@ -26,3 +26,6 @@ UPDATE ops.batch_jobs
 SET total = %(total)s, processed = %(processed)s, failed = %(failed)s, position = %(position)s,
     status = %(status)s, error = %(error)s, updated_at = now(), finished_at = now()
 WHERE id = %(id)s
+
+-- name: logged_statuses
+SELECT event_id, status FROM ops.event_log WHERE event_id = ANY(%(event_ids)s::text[])

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any, NoReturn
 
-from streams.cli import gateway, migrate, replay, services, settings, worker
+from streams.cli import gateway, migrate, rebuild, replay, services, settings, worker
 from streams.errors import StreamsError
 from streams.settings import Settings
 
@@ -26,6 +26,7 @@ COMMANDS: dict[str, ModuleType] = {
     "gateway": gateway,
     "worker": worker,
     "replay": replay,
+    "rebuild": rebuild,
     "settings": settings,
 }
 Run = Callable[[Settings, argparse.Namespace], int]
