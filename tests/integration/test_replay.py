@@ -114,13 +114,14 @@ def test_a_replay_rewrites_rows_from_their_newest_event_and_never_makes_one_olde
     ]
 
     older = run_command(settings, tmp_path, "replay", "--topic", settings.topic(),
-                        "--from-offset", "0", "--to-offset", str(newest_offset - 1))
+                        "--partition", str(partition), "--from-offset", "0",
+                        "--to-offset", str(newest_offset - 1))
     assert older.returncode == 0, older.stderr
     assert query(settings.database_url, "SELECT name, last_event_id FROM stripe.customers") \
         == [("wrong", newest_id)]
 
     newest = run_command(settings, tmp_path, "replay", "--topic", settings.topic(),
-                         "--from-offset", str(newest_offset))
+                         "--partition", str(partition), "--from-offset", str(newest_offset))
     assert newest.returncode == 0, newest.stderr
     assert mirror_snapshot(settings.database_url)["customers"] == projected
     assert customer["name"] == projected[0][projected_columns(settings).index("name")]
