@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from streams.errors import DependencyUnavailable, StreamsError
-from streams.log.topics import MAX_MESSAGE_BYTES, ensure_topics
+from streams.log.topics import MAX_MESSAGE_BYTES, Retention, ensure_topics
 from streams.outages import KAFKA, outages
 from streams.settings import Settings
 
@@ -48,10 +48,11 @@ class EventLog:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
-        """Create the topic if it is missing and connect; raise when Kafka cannot be reached."""
+        """Ensure the topic and its retention, then connect; raise when Kafka cannot be reached."""
         settings = self._settings
         await ensure_topics(
-            settings.kafka_bootstrap_servers, [self.topic], settings.topic_partitions
+            settings.kafka_bootstrap_servers, [self.topic], settings.topic_partitions,
+            retention=Retention(settings.log_retention_ms, settings.family_retention_ms),
         )
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap_servers,

@@ -1,13 +1,15 @@
-"""Creation of the project's Kafka topics."""
+"""Creation of the project's Kafka topics, and their retention."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
@@ -38,6 +40,13 @@ Kafka's own default (about 1 MB) would refuse the largest events the gateway acc
 SERVED_TIMEOUT = 30.0
 """Seconds :func:`ensure_topics` waits for every broker to serve the topics it ensured."""
 
+FOREVER = -1
+"""The ``retention.ms`` (or ``retention.bytes``) that keeps every message."""
+
+_DYNAMIC_TOPIC_CONFIG = 1
+"""``config_source`` of a DescribeConfigs entry set on the topic itself rather than inherited."""
+
+# Each table's KafkaError entry is the fix for a refusal it does not name.
 _FIXES: dict[type[KafkaError], str] = {
     InvalidReplicationFactorError: "ask for at most as many replicas as Kafka has brokers",
     InvalidPartitionsError: "set STRIPE_STREAMS_PARTITIONS to a partition count Kafka accepts",
@@ -46,7 +55,41 @@ _FIXES: dict[type[KafkaError], str] = {
     PolicyViolationError: "create the topic as the broker's create.topic.policy allows",
     TopicAuthorizationFailedError: "grant this client CREATE and DESCRIBE on the topic",
     ClusterAuthorizationFailedError: "grant this client CREATE on the cluster",
+    KafkaError: "fix what Kafka's message names, or create the topic by hand",
 }
+_RETENTION_FIXES: dict[type[KafkaError], str] = {
+    InvalidConfigurationError: "set STRIPE_STREAMS_LOG_RETENTION_MS and "
+    "STRIPE_STREAMS_FAMILY_RETENTION_MS to retentions Kafka accepts",
+    PolicyViolationError: "set a retention the broker's alter.config.policy allows",
+    TopicAuthorizationFailedError: "grant this client DESCRIBE_CONFIGS and ALTER_CONFIGS on the "
+    "topic",
+    ClusterAuthorizationFailedError: "grant this client ALTER_CONFIGS on the cluster",
+    KafkaError: "fix what Kafka's message names",
+}
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long the topics keep their messages, in milliseconds; FOREVER keeps them all.
+
+    The log and the dead-letter topic are bounded by time alone (``retention.bytes=-1``), so a
+    size bound set on the broker does not delete them either.
+    """
+
+    log_ms: int
+    """Of ``<prefix>.events``, the source of truth, and of ``<prefix>.events.dlq``."""
+    family_ms: int
+    """Of the family topics ``<prefix>.events.<family>``, which are derived from the log."""
+
+    def configs(self, name: str) -> dict[str, str]:
+        """The retention settings of topic ``name``; none for a name that is not a worker topic."""
+        _, separator, suffix = name.rpartition(".events.")
+        if separator and suffix in FAMILIES:
+            return {"retention.ms": str(self.family_ms)}
+        # The dead-letter topic is the record of failures, kept as long as the events themselves.
+        if name.endswith(".events") or (separator and suffix == DEAD_LETTER_SUFFIX):
+            return {"retention.ms": str(self.log_ms), "retention.bytes": str(FOREVER)}
+        return {}
 
 
 def topic_name(prefix: str, suffix: str = "") -> str:
@@ -65,16 +108,28 @@ def worker_topics(prefix: str) -> list[str]:
 
 
 async def ensure_topics(
-    bootstrap_servers: str, names: Iterable[str], partitions: int, replication: int = 1
+    bootstrap_servers: str,
+    names: Iterable[str],
+    partitions: int,
+    replication: int = 1,
+    retention: Retention | None = None,
 ) -> None:
-    """Create the topics that do not exist yet, then wait until every broker serves them all.
+    """Create the missing topics, wait until every broker serves them, then set their retention.
 
-    Existing topics are left as they are. A topic is served once a broker's metadata holds it
-    with a leader for every partition; a consumer that joins its group earlier ignores it.
-    Raises ConfigurationError when Kafka refuses a topic for good, DependencyUnavailable when
-    Kafka cannot be reached or does not serve the topics within SERVED_TIMEOUT seconds.
+    New topics are created with their retention; an existing topic holding another retention
+    has it altered, its other settings kept, and one holding the right one is left alone.
+    Without ``retention``, new topics get the broker's default and existing ones keep theirs.
+    A topic is served once a broker's metadata holds it with a leader for every partition; a
+    consumer that joins its group earlier ignores it. Raises ConfigurationError when Kafka
+    refuses a topic or its retention for good, DependencyUnavailable when Kafka cannot be
+    reached or does not serve the topics within SERVED_TIMEOUT seconds.
     """
     wanted = list(dict.fromkeys(names))
+    retained = {
+        name: configs
+        for name in wanted
+        if retention is not None and (configs := retention.configs(name))
+    }
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
     client = AIOKafkaClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
     try:
@@ -85,7 +140,9 @@ async def ensure_topics(
                 name,
                 num_partitions=partitions,
                 replication_factor=replication,
-                topic_configs={"max.message.bytes": str(MAX_MESSAGE_BYTES)},
+                topic_configs={
+                    "max.message.bytes": str(MAX_MESSAGE_BYTES), **retained.get(name, {})
+                },
             )
             for name in wanted
             if name not in existing
@@ -95,11 +152,92 @@ async def ensure_topics(
             raise_topic_errors(response.topic_errors)
         await client.bootstrap()
         await wait_until_served(client, wanted, SERVED_TIMEOUT)
+        if retained:
+            # Someone else may have created a topic meanwhile, with another retention.
+            await _alter_differing(admin, retained)
     except KafkaError as exc:
         raise DependencyUnavailable(f"Kafka at {bootstrap_servers}: {exc!r}") from exc
     finally:
         await admin.close()
         await client.close()
+
+
+async def retention_ms(bootstrap_servers: str, topic: str) -> int:
+    """The ``retention.ms`` the broker applies to ``topic``, wherever it is set; FOREVER: none.
+
+    Raises ConfigurationError when Kafka refuses to describe the topic, DependencyUnavailable
+    when Kafka cannot be reached.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+    try:
+        await admin.start()
+        entries = await _describe(admin, [topic])
+    except KafkaError as exc:
+        raise DependencyUnavailable(f"Kafka at {bootstrap_servers}: {exc!r}") from exc
+    finally:
+        await admin.close()
+    return int(entries[topic]["retention.ms"][0])
+
+
+async def _alter_differing(
+    admin: AIOKafkaAdminClient, wanted: Mapping[str, dict[str, str]]
+) -> None:
+    """Give each topic of ``wanted`` those settings where the broker holds others."""
+    described = await _describe(admin, list(wanted))
+    held = {
+        topic: {
+            name: value
+            for name, (value, source) in entries.items()
+            if source == _DYNAMIC_TOPIC_CONFIG
+        }
+        for topic, entries in described.items()
+    }
+    changes = alterations(wanted, held)
+    if changes:
+        responses = await admin.alter_configs(
+            [
+                ConfigResource(ConfigResourceType.TOPIC, topic, configs)
+                for topic, configs in changes.items()
+            ]
+        )
+        raise_config_errors(
+            resource for response in responses for resource in response.to_object()["resources"]
+        )
+
+
+async def _describe(
+    admin: AIOKafkaAdminClient, topics: list[str]
+) -> dict[str, dict[str, tuple[str, int]]]:
+    """Every setting of each topic: its value and where it is set (``config_source``)."""
+    responses = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, topic) for topic in topics]
+    )
+    resources = [
+        resource for response in responses for resource in response.to_object()["resources"]
+    ]
+    raise_config_errors(resources)
+    return {
+        resource["resource_name"]: {
+            entry["config_names"]: (entry["config_value"], entry["config_source"])
+            for entry in resource["config_entries"]
+        }
+        for resource in resources
+    }
+
+
+def alterations(
+    wanted: Mapping[str, Mapping[str, str]], held: Mapping[str, Mapping[str, str]]
+) -> dict[str, dict[str, str]]:
+    """The full configuration to set on each topic whose own settings differ from ``wanted``.
+
+    ``held`` is what each topic has set on itself. An alteration replaces all of a topic's own
+    settings, so it carries those it keeps along with the wanted ones.
+    """
+    return {
+        topic: {**held.get(topic, {}), **configs}
+        for topic, configs in wanted.items()
+        if any(held.get(topic, {}).get(name) != value for name, value in configs.items())
+    }
 
 
 async def wait_until_served(client: AIOKafkaClient, names: Sequence[str], max_wait: float) -> None:
@@ -135,7 +273,7 @@ async def _unserved(client: AIOKafkaClient, names: Sequence[str]) -> set[str]:
         for topic in response.to_object()["topics"]:
             error = for_code(topic["error_code"])
             if error is not NoError and not error.retriable:
-                raise _refusal(topic["topic"], error, None)
+                raise _refusal(f"topic {topic['topic']}", error, None, _FIXES)
             partitions = topic["partitions"]
             if error is not NoError or not partitions or any(p["leader"] < 0 for p in partitions):
                 unserved.add(topic["topic"])
@@ -160,19 +298,52 @@ def raise_topic_errors(topic_errors: Sequence[Sequence[Any]]) -> None:
     A refusal retrying cannot change is a ConfigurationError and goes first; a retriable error
     (an outage) is a DependencyUnavailable.
     """
+    _raise_errors(
+        (
+            (f"topic {topic}", code, message[0] if message else None)
+            for topic, code, *message in topic_errors
+            if for_code(code) is not TopicAlreadyExistsError
+        ),
+        "creating",
+        _FIXES,
+    )
+
+
+def raise_config_errors(resources: Iterable[Mapping[str, Any]]) -> None:
+    """Raise the errors of the topics of a DescribeConfigs or AlterConfigs response.
+
+    As for :func:`raise_topic_errors`, a refusal goes first, before an outage.
+    """
+    _raise_errors(
+        (
+            (f"the retention of topic {resource['resource_name']}", resource["error_code"],
+             resource["error_message"])
+            for resource in resources
+        ),
+        "reading or setting",
+        _RETENTION_FIXES,
+    )
+
+
+def _raise_errors(
+    results: Iterable[tuple[str, int, str | None]], doing: str, fixes: dict[type[KafkaError], str]
+) -> None:
+    """Raise the first refusal of ``results`` (subject, error code, message), else an outage."""
     outage: DependencyUnavailable | None = None
-    for topic, code, *message in topic_errors:
+    for subject, code, message in results:
         error = for_code(code)
-        if error is NoError or error is TopicAlreadyExistsError:
+        if error is NoError:
             continue
         if not error.retriable:
-            raise _refusal(topic, error, message[0] if message else None)
-        outage = outage or DependencyUnavailable(f"creating topic {topic}: {error.__name__}")
+            raise _refusal(subject, error, message, fixes)
+        outage = outage or DependencyUnavailable(f"{doing} {subject}: {error.__name__}")
     if outage is not None:
         raise outage
 
 
-def _refusal(topic: str, error: type[KafkaError], message: str | None) -> ConfigurationError:
+def _refusal(
+    subject: str, error: type[KafkaError], message: str | None, fixes: dict[type[KafkaError], str]
+) -> ConfigurationError:
     detail = f"{error.__name__}: {' '.join(message.split())}" if message else error.__name__
-    fix = _FIXES.get(error, "fix what Kafka's message names, or create the topic by hand")
-    return ConfigurationError(f"Kafka refuses topic {topic} ({detail}); {fix}")
+    fix = fixes.get(error, fixes[KafkaError])
+    return ConfigurationError(f"Kafka refuses {subject} ({detail}); {fix}")

@@ -1,9 +1,9 @@
 """The ``stripe-streams worker`` command: the Faust worker with every agent and ``/metrics``.
 
 Before Faust starts, the worker checks its dependencies once: PostgreSQL must accept the login,
-hold the database and have every migration applied, and Kafka must serve the worker's topics.
-A refusal waiting cannot change ends the command with one line naming the fix; an outage is
-waited out with backoff, logged when it starts and ends.
+hold the database and have every migration applied, and Kafka must serve the worker's topics
+with their retention. A refusal waiting cannot change ends the command with one line naming the
+fix; an outage is waited out with backoff, logged when it starts and ends.
 """
 
 from __future__ import annotations
@@ -18,14 +18,18 @@ import faust
 import uvloop
 
 from projections.migrations import require_migrated
-from streams.log.topics import ensure_topics, worker_topics
+from streams.log.topics import FOREVER, Retention, ensure_topics, retention_ms, worker_topics
 from streams.outages import KAFKA, POSTGRES, RepeatFilter
 from streams.settings import Settings
 from streams.worker.app import create_app
 from streams.worker.settling import RetryPolicy, patiently
 
+log = logging.getLogger(__name__)
+
 # Faust's own log format, so the lines before and after Faust takes over logging look alike.
 _LOG_FORMAT = "[%(asctime)s] [%(process)s] [%(levelname)s] %(message)s"
+
+_UNITS = (("day", 86_400_000), ("hour", 3_600_000), ("minute", 60_000), ("second", 1000))
 
 
 class _Worker(faust.Worker):
@@ -42,7 +46,7 @@ class _Worker(faust.Worker):
 
 
 def run_worker(settings: Settings, web_port: int | None = None) -> int:
-    """Check PostgreSQL and Kafka, create missing topics, then run the worker until stopped.
+    """Check PostgreSQL and Kafka, create or adjust the topics, then run the worker until stopped.
 
     Returns the worker's exit code: 0 after SIGTERM or SIGINT, non-zero when an agent stopped
     it because a batch could not be settled. Raises StreamsError, before anything runs, when
@@ -68,7 +72,7 @@ async def preflight(settings: Settings) -> None:
     """Wait until PostgreSQL and Kafka answer; raise StreamsError if one never will as set up.
 
     PostgreSQL goes first: its refusals (login, database, migrations) are reported at once,
-    even while Kafka is down.
+    even while Kafka is down. Once the topics have their retention, warns if the log's is finite.
     """
     retry = RetryPolicy.from_settings(settings)
     await patiently(
@@ -78,9 +82,33 @@ async def preflight(settings: Settings) -> None:
         partial(
             ensure_topics, settings.kafka_bootstrap_servers, worker_topics(settings.topic_prefix),
             settings.topic_partitions,
+            retention=Retention(settings.log_retention_ms, settings.family_retention_ms),
         ),
         retry, KAFKA,
     )
+    log_retention = await patiently(
+        partial(retention_ms, settings.kafka_bootstrap_servers, settings.topic()), retry, KAFKA
+    )
+    warn_of_finite_retention(settings.topic(), log_retention)
+
+
+def warn_of_finite_retention(topic: str, retention: int) -> None:
+    """Warn, in one line, when the log ``topic`` deletes events older than ``retention`` ms."""
+    if retention != FOREVER:
+        log.warning(
+            "%s keeps events for %s only (retention.ms=%d): events older than that cannot be "
+            "replayed or rebuilt; set STRIPE_STREAMS_LOG_RETENTION_MS=-1 to keep them forever",
+            topic, _duration(retention), retention,
+        )
+
+
+def _duration(ms: int) -> str:
+    """``ms`` milliseconds in the largest unit it reaches, e.g. ``30 days`` or ``1.5 hours``."""
+    for unit, size in _UNITS:
+        if ms >= size:
+            amount = round(ms / size, 1)
+            return f"{amount:g} {unit}{'' if amount == 1 else 's'}"
+    return f"{ms} ms"
 
 
 def _collect_garbage_less_often() -> None:

@@ -1,18 +1,25 @@
-"""`ensure_topics` on a real broker: topics are served once it returns; refusals are immediate."""
+"""`ensure_topics` on a real broker: topics are served once it returns, with their retention;
+refusals are immediate."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import re
 import time
+from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.metadata import MetadataRequest
 
 from streams.errors import ConfigurationError
-from streams.log.topics import ensure_topics, worker_topics
+from streams.log.topics import FOREVER, MAX_MESSAGE_BYTES, Retention, ensure_topics, worker_topics
+from streams.settings import Settings
+from streams.worker.process import preflight
 
 pytestmark = pytest.mark.integration
 
@@ -85,3 +92,150 @@ async def test_a_replication_factor_beyond_the_brokers_is_refused_at_once(
 
     assert time.monotonic() - started < 5
     assert await led_partitions(kafka_bootstrap, [topic]) == {topic: []}
+
+
+WEEK = 7 * 24 * 3600 * 1000
+RETENTION = Retention(log_ms=FOREVER, family_ms=WEEK)
+
+
+async def topic_configs(bootstrap: str, names: list[str]) -> dict[str, dict[str, str]]:
+    """The settings each topic has set on itself (not inherited from the broker)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        [response] = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+        )
+    finally:
+        await admin.close()
+    return {
+        resource["resource_name"]: {
+            entry["config_names"]: entry["config_value"]
+            for entry in resource["config_entries"]
+            if entry["config_source"] == 1
+        }
+        for resource in response.to_object()["resources"]
+    }
+
+
+def retentions(configs: dict[str, dict[str, str]]) -> dict[str, tuple[str | None, str | None]]:
+    return {
+        name: (held.get("retention.ms"), held.get("retention.bytes"))
+        for name, held in configs.items()
+    }
+
+
+def expected_retentions(prefix: str, log: str, family: str) -> dict[str, Any]:
+    """(retention.ms, retention.bytes) of each worker topic: the log's for the log and the DLQ."""
+    kept_as_log = {f"{prefix}.events", f"{prefix}.events.dlq"}
+    return {
+        name: (log, "-1") if name in kept_as_log else (family, None)
+        for name in worker_topics(prefix)
+    }
+
+
+@pytest.fixture
+def alterations(monkeypatch: pytest.MonkeyPatch) -> list[list[ConfigResource]]:
+    """The resources of every AlterConfigs request sent while the test runs."""
+    sent: list[list[ConfigResource]] = []
+    alter_configs = AIOKafkaAdminClient.alter_configs
+
+    async def spy(admin: AIOKafkaAdminClient, resources: list[ConfigResource]) -> Any:
+        sent.append(resources)
+        return await alter_configs(admin, resources)
+
+    monkeypatch.setattr(AIOKafkaAdminClient, "alter_configs", spy)
+    return sent
+
+
+async def test_new_topics_keep_the_log_and_dead_letters_forever_and_the_families_a_week(
+    kafka_bootstrap: str, topic_prefix: str, alterations: list[list[ConfigResource]]
+) -> None:
+    names = worker_topics(topic_prefix)
+
+    await ensure_topics(kafka_bootstrap, names, partitions=1, retention=RETENTION)
+
+    configs = await topic_configs(kafka_bootstrap, names)
+    assert retentions(configs) == expected_retentions(topic_prefix, "-1", str(WEEK))
+    assert {held["max.message.bytes"] for held in configs.values()} == {str(MAX_MESSAGE_BYTES)}
+    assert alterations == []
+
+
+async def test_existing_topics_get_the_configured_retention_once_and_keep_their_settings(
+    kafka_bootstrap: str, topic_prefix: str, alterations: list[list[ConfigResource]]
+) -> None:
+    names = worker_topics(topic_prefix)
+    await ensure_topics(kafka_bootstrap, names, partitions=1)
+    before = await topic_configs(kafka_bootstrap, names)
+    assert retentions(before) == {name: (None, None) for name in names}
+    hour = Retention(log_ms=3_600_000, family_ms=60_000)
+
+    await ensure_topics(kafka_bootstrap, names, partitions=1, retention=hour)
+    await ensure_topics(kafka_bootstrap, names, partitions=1, retention=hour)
+
+    configs = await topic_configs(kafka_bootstrap, names)
+    assert retentions(configs) == expected_retentions(topic_prefix, "3600000", "60000")
+    assert {held["max.message.bytes"] for held in configs.values()} == {str(MAX_MESSAGE_BYTES)}
+    assert [sorted(r.name for r in resources) for resources in alterations] == [sorted(names)]
+
+    await ensure_topics(kafka_bootstrap, names, partitions=1, retention=RETENTION)
+
+    configs = await topic_configs(kafka_bootstrap, names)
+    assert retentions(configs) == expected_retentions(topic_prefix, "-1", str(WEEK))
+    assert len(alterations) == 2
+
+
+async def test_a_topic_created_elsewhere_with_another_retention_is_altered_alone(
+    kafka_bootstrap: str, topic_prefix: str, alterations: list[list[ConfigResource]]
+) -> None:
+    names = worker_topics(topic_prefix)
+    await ensure_topics(kafka_bootstrap, names[1:], partitions=1, retention=RETENTION)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        await admin.start()
+        configs = {"retention.ms": "60000", "segment.ms": "600000"}
+        await admin.create_topics([NewTopic(names[0], 1, 1, topic_configs=configs)])
+    finally:
+        await admin.close()
+
+    await ensure_topics(kafka_bootstrap, names, partitions=1, retention=RETENTION)
+
+    assert await topic_configs(kafka_bootstrap, [names[0]]) == {
+        names[0]: {"retention.ms": "-1", "retention.bytes": "-1", "segment.ms": "600000"}
+    }
+    assert [[r.name for r in resources] for resources in alterations] == [[names[0]]]
+
+
+async def test_a_retention_the_broker_refuses_is_a_configuration_error_at_once(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    topic = f"{topic_prefix}.events"
+    await ensure_topics(kafka_bootstrap, [topic], partitions=1)
+    started = time.monotonic()
+
+    with pytest.raises(
+        ConfigurationError,
+        match=rf"^Kafka refuses the retention of topic {re.escape(topic)} "
+        r"\(InvalidConfigurationError: .*retention\.ms.*\); set STRIPE_STREAMS_LOG_RETENTION_MS",
+    ) as refused:
+        await ensure_topics(kafka_bootstrap, [topic], partitions=1, retention=Retention(-2, WEEK))
+
+    assert "\n" not in str(refused.value)
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(("retention", "warnings"), [(FOREVER, 0), (30 * 24 * 3600 * 1000, 1)])
+async def test_the_worker_warns_once_at_start_when_the_log_retention_is_finite(
+    settings: Settings, caplog: pytest.LogCaptureFixture, retention: int, warnings: int
+) -> None:
+    configured = dataclasses.replace(settings, log_retention_ms=retention)
+
+    with caplog.at_level(logging.INFO):
+        await preflight(configured)
+
+    said = [r.getMessage() for r in caplog.records if "keeps events for" in r.getMessage()]
+    assert said == [
+        f"{settings.topic()} keeps events for 30 days only (retention.ms={retention}): events "
+        "older than that cannot be replayed or rebuilt; set STRIPE_STREAMS_LOG_RETENTION_MS=-1 "
+        "to keep them forever"
+    ][:warnings]

@@ -139,5 +139,6 @@ async def test_every_forwarded_message_carries_its_offset_in_the_log() -> None:
 
     await forward(recording.producer(), "s.events", routed)
 
-    carried = dict(zip((key for _, _, key, _ in recording.sent), recording.log_offsets, strict=True))
+    keys = [key for _, _, key, _ in recording.sent]
+    carried = dict(zip(keys, recording.log_offsets, strict=True))
     assert carried == {b"cus_1": 17, b"in_1": 18, b"cus_2": 19}

@@ -1,7 +1,9 @@
-"""How topic creation reads Kafka's answers: outage, misconfiguration, or not served yet."""
+"""How topic creation reads Kafka's answers (outage, misconfiguration, or not served yet) and
+which retention each topic gets."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -10,7 +12,17 @@ from typing import Any
 import pytest
 
 from streams.errors import ConfigurationError, DependencyUnavailable
-from streams.log.topics import raise_topic_errors, wait_until_served
+from streams.log.routing import FAMILIES
+from streams.log.topics import (
+    FOREVER,
+    Retention,
+    alterations,
+    raise_config_errors,
+    raise_topic_errors,
+    wait_until_served,
+    worker_topics,
+)
+from streams.worker.process import warn_of_finite_retention
 
 TOPICS = ["t.events", "t.events.customers"]
 CREATED = [("t.events", 0, None), ("t.events.dlq", 36, "Topic 't.events.dlq' already exists.")]
@@ -110,3 +122,118 @@ async def test_a_topic_this_client_may_not_describe_is_a_configuration_error() -
         await wait_until_served(client, TOPICS, max_wait=10)
 
     assert client.brokers[0].asked == 1
+
+
+WEEK = 7 * 24 * 3600 * 1000
+KEPT = {"retention.ms": "-1", "retention.bytes": "-1"}
+
+
+def test_the_log_and_its_dead_letters_keep_the_log_retention_the_families_their_own() -> None:
+    retention = Retention(log_ms=FOREVER, family_ms=WEEK)
+
+    configs = {name: retention.configs(name) for name in worker_topics("acme.eu")}
+
+    assert configs.pop("acme.eu.events") == KEPT
+    assert configs.pop("acme.eu.events.dlq") == KEPT
+    assert configs == {
+        f"acme.eu.events.{family}": {"retention.ms": str(WEEK)} for family in FAMILIES
+    }
+    assert Retention(log_ms=WEEK, family_ms=FOREVER).configs("acme.events") == {
+        "retention.ms": str(WEEK), "retention.bytes": "-1"
+    }
+
+
+@pytest.mark.parametrize("name", ["acme.events.unknown", "customers", "acme.events-2"])
+def test_a_topic_that_is_not_a_worker_topic_gets_no_retention(name: str) -> None:
+    assert Retention(log_ms=FOREVER, family_ms=WEEK).configs(name) == {}
+
+
+def test_a_topic_created_before_retention_was_set_gets_it_with_its_other_settings_kept() -> None:
+    held = {"t.events": {"max.message.bytes": "2097152"}}
+
+    assert alterations({"t.events": KEPT}, held) == {
+        "t.events": {"max.message.bytes": "2097152", **KEPT}
+    }
+
+
+def test_a_topic_holding_another_retention_is_altered_to_the_wanted_one() -> None:
+    held = {"t.events.customers": {"retention.ms": "3600000", "cleanup.policy": "delete"}}
+
+    assert alterations({"t.events.customers": {"retention.ms": str(WEEK)}}, held) == {
+        "t.events.customers": {"retention.ms": str(WEEK), "cleanup.policy": "delete"}
+    }
+
+
+def test_topics_holding_the_wanted_retention_are_not_altered() -> None:
+    held = {
+        "t.events": {**KEPT, "max.message.bytes": "2097152"},
+        "t.events.customers": {"retention.ms": str(WEEK)},
+    }
+
+    assert alterations({"t.events": KEPT, "t.events.customers": {"retention.ms": str(WEEK)}},
+                       held) == {}
+
+
+def resource(topic: str, code: int, message: str | None = None) -> dict[str, Any]:
+    return {"resource_name": topic, "error_code": code, "error_message": message}
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "named"),
+    [
+        (40, "Invalid value -2 for configuration retention.ms: Value must be at least -1",
+         "InvalidConfigurationError: Invalid value -2.*; set STRIPE_STREAMS_LOG_RETENTION_MS"),
+        (44, "Retention must be at most 30 days",
+         "PolicyViolationError: Retention.*alter.config.policy"),
+        (29, None, r"TopicAuthorizationFailedError\); grant this client DESCRIBE_CONFIGS"),
+        (42, "unexpected", r"InvalidRequestError: unexpected\); fix what Kafka's message names"),
+    ],
+)
+def test_a_refused_retention_is_a_configuration_error_naming_the_topic_and_the_fix(
+    code: int, message: str | None, named: str
+) -> None:
+    with pytest.raises(
+        ConfigurationError, match=rf"retention of topic t\.events\.dlq \({named}"
+    ) as e:
+        raise_config_errors([resource("t.events", 0, ""), resource("t.events.dlq", code, message)])
+    assert "\n" not in str(e.value)
+    assert not e.value.retriable
+
+
+def test_a_retention_kafka_cannot_set_now_is_an_outage_after_any_refusal() -> None:
+    with pytest.raises(DependencyUnavailable, match=r"retention of topic t\.events: RequestTimed"):
+        raise_config_errors([resource("t.events", 7), resource("t.events.dlq", 0, "")])
+    with pytest.raises(ConfigurationError, match=r"t\.events\.dlq \(InvalidConfig"):
+        raise_config_errors([resource("t.events", 7), resource("t.events.dlq", 40, "bad")])
+
+
+@pytest.mark.parametrize(
+    ("retention", "said"),
+    [
+        (30 * 24 * 3600 * 1000, "30 days"),
+        (36 * 3600 * 1000, "1.5 days"),
+        (3600 * 1000, "1 hour"),
+        (90 * 1000, "1.5 minutes"),
+        (500, "500 ms"),
+    ],
+)
+def test_a_finite_log_retention_is_warned_of_in_one_line(
+    caplog: pytest.LogCaptureFixture, retention: int, said: str
+) -> None:
+    with caplog.at_level(logging.INFO):
+        warn_of_finite_retention("stripe.events", retention)
+
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == (
+        f"stripe.events keeps events for {said} only (retention.ms={retention}): events older "
+        "than that cannot be replayed or rebuilt; set STRIPE_STREAMS_LOG_RETENTION_MS=-1 to keep "
+        "them forever"
+    )
+
+
+def test_a_log_kept_forever_is_not_warned_of(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO):
+        warn_of_finite_retention("stripe.events", FOREVER)
+
+    assert caplog.records == []
