@@ -15,7 +15,7 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 
 from projections.database import queries
-from projections.writer import MIRROR_SCHEMA
+from projections.writer import MIRROR_SCHEMA, SWITCH_LOCK
 from streams.errors import StreamsError
 
 SHADOW_PREFIX = "stripe_rebuild_"
@@ -87,8 +87,10 @@ async def lock_live(conn: AsyncConnection[Any], tables: Sequence[str]) -> None:
     """Lock the live tables against every reader and writer until the transaction ends.
 
     Call inside the transaction that ends with :func:`switch`; live writers wait, readers
-    too, for as long as the caller takes to catch up.
+    too, for as long as the caller takes to catch up. Writers wait at the writer's switch lock,
+    before they name a table, so they resolve the tables swapped in.
     """
+    await conn.execute("SELECT pg_advisory_xact_lock(%s)", [SWITCH_LOCK])
     await conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
         sql.SQL(", ").join(sql.Identifier(MIRROR_SCHEMA, t) for t in sorted(tables))
     ))

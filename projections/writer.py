@@ -31,6 +31,9 @@ COMMON_COLUMNS = (
     "id", "data", "deleted", "livemode", "account",
     "last_event_id", "last_event_created", "last_event_offset",
 )
+SWITCH_LOCK = 0x535452454D4D4952
+"""Advisory lock every transaction writing the live mirror tables holds shared and a rebuild's
+switch holds exclusively: a writer never resolves a table the switch is replacing."""
 # Written columns per mirror table, checked once against the catalog (the schema only changes
 # by migration, and a worker is restarted after one).
 _written_columns_cache: dict[str, tuple[str, ...]] = {}
@@ -144,6 +147,10 @@ async def _apply(
     columns: Mapping[str, tuple[str, ...]],
     attempts: int,
 ) -> list[AppliedEvent]:
+    if projecting.schema == MIRROR_SCHEMA:
+        # Taken before any statement names a mirror table, so one that waits for a switch
+        # resolves the tables it swapped in.
+        await conn.execute(queries("writer")["share_mirrors"], {"lock": SWITCH_LOCK})
     locking = (
         await lock_positions(conn, projecting.positions, events)
         if projecting.positions is not None else None

@@ -1,6 +1,9 @@
 -- Named queries of projections/writer.py. Queries with {placeholders} are templates whose
 -- identifiers (table, staging table, columns) are filled in with psycopg.sql, never by hand.
 
+-- name: share_mirrors
+SELECT pg_advisory_xact_lock_shared(%(lock)s)
+
 -- name: lock_positions
 -- Creates missing positions at -1 and locks every position of the batch (in a fixed order, so
 -- two workers briefly sharing a partition during a rebalance queue up instead of deadlocking).

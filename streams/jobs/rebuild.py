@@ -179,15 +179,22 @@ async def _apply_range(
 
 
 async def _refuse_new_failures(pool: AsyncConnectionPool, failures: dict[str, str]) -> None:
-    """Raise when an event failed that live processing did not dead-letter."""
+    """Raise when an event failed that live processing applied.
+
+    One that live processing dead-lettered failed there too, and one it has not reached yet
+    will be settled by it after the switch, against the rebuilt tables.
+    """
     if not failures:
         return
     async with connection(pool) as conn:
         statuses = await logged_statuses(conn, list(failures))
-    new = [(i, e) for i, e in failures.items() if statuses.get(i) != Outcome.DEAD_LETTERED]
-    if new:
-        shown = "; ".join(f"{i}: {e}" for i, e in new[:_FAILURES_SHOWN])
+    applied = [
+        (event_id, error) for event_id, error in failures.items()
+        if statuses.get(event_id, Outcome.DEAD_LETTERED) != Outcome.DEAD_LETTERED
+    ]
+    if applied:
+        shown = "; ".join(f"{i}: {e}" for i, e in applied[:_FAILURES_SHOWN])
         raise StreamsError(
-            f"{len(new)} event(s) that live processing applied fail now, so the live tables "
-            f"are kept (fix the handler and rebuild again): {shown}"
+            f"{len(applied)} event(s) that live processing applied fail now, so the live "
+            f"tables are kept (fix the handler and rebuild again): {shown}"
         )
