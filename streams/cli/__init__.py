@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any, NoReturn
 
-from streams.cli import gateway, migrate, rebuild, replay, services, settings, worker
+from streams.cli import dlq, gateway, migrate, rebuild, replay, services, settings, worker
 from streams.errors import StreamsError
 from streams.settings import Settings
 
@@ -27,6 +27,7 @@ COMMANDS: dict[str, ModuleType] = {
     "worker": worker,
     "replay": replay,
     "rebuild": rebuild,
+    "dlq": dlq,
     "settings": settings,
 }
 Run = Callable[[Settings, argparse.Namespace], int]
@@ -53,9 +54,20 @@ def build_parser() -> Parser:
                    f"or '{PROG} settings').",
         )
         module.add_arguments(command)
-        _add_setting_flags(command)
+        for accepting in (command, *_operations(command)):
+            _add_setting_flags(accepting)
         command.set_defaults(run=module.run)
     return parser
+
+
+def _operations(command: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The sub-commands of a command (``dlq list``, ...), which take the setting flags too."""
+    return [
+        parser
+        for action in command._actions
+        if isinstance(action, argparse._SubParsersAction)
+        for parser in action.choices.values()
+    ]
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
