@@ -15,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from streams.log.consumed import AppliedEvent, Outcome
+from streams.log.routing import FAMILIES
 
 LagSource = Callable[[], Mapping[tuple[str, int], int]]
 """Returns the messages not yet processed per (topic, partition) this worker consumes."""
@@ -64,6 +65,15 @@ class WorkerMetrics:
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.family_paused = Gauge(
+            "stripe_streams_family_paused",
+            "1 while a family is paused by the dead-letter circuit breaker, else 0.",
+            ["family"],
+            registry=self.registry,
+        )
+        # Every family from the start: an alert on the value needs the series before any pause.
+        for family in FAMILIES:
+            self.family_paused.labels(family).set(0)
 
     def observe_batch(
         self, family: str, applied: Sequence[AppliedEvent], now: float | None = None

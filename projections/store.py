@@ -1,17 +1,19 @@
 """The projections' PostgreSQL store: one object owns the connections and the SQL of a worker.
 
-Callers hand it consumed events and dead letters; it lends a pooled connection per call, runs
-the writer or the dead-letter store in one transaction, and raises outages as
-:class:`~streams.errors.DependencyUnavailable` and refusals as
+Callers hand it consumed events, dead letters and family pauses; it lends a pooled connection
+per call, runs the writer, the dead-letter store or the pauses in one transaction, and raises
+outages as :class:`~streams.errors.DependencyUnavailable` and refusals as
 :class:`~streams.errors.Misconfiguration`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from projections.database import connection, create_pool
 from projections.dead_letters import count_open_dead_letters, record_dead_letter
+from projections.pauses import pause_family, paused_families, resume_family
 from projections.writer import apply_batch
 from streams.handlers.registry import HandlerRegistry
 from streams.log.consumed import AppliedEvent, ConsumedEvent
@@ -52,3 +54,18 @@ class ProjectionStore:
         """How many dead letters wait for review."""
         async with connection(self.pool) as conn:
             return await count_open_dead_letters(conn)
+
+    async def pause_family(self, family: str, seconds: float, reason: str) -> datetime:
+        """Pause ``family`` for ``seconds`` (see :func:`pause_family`); return when it resumes."""
+        async with connection(self.pool) as conn:
+            return await pause_family(conn, family, seconds, reason)
+
+    async def paused_families(self) -> dict[str, datetime]:
+        """The families paused right now, each with when its pause ends."""
+        async with connection(self.pool) as conn:
+            return await paused_families(conn)
+
+    async def resume_family(self, family: str) -> bool:
+        """End ``family``'s pause at once; False when it was not paused."""
+        async with connection(self.pool) as conn:
+            return await resume_family(conn, family)

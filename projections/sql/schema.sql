@@ -98,6 +98,13 @@ CREATE TABLE ops.event_stats (
 );
 CREATE INDEX event_stats_type_idx ON ops.event_stats (type, minute);
 
+CREATE TABLE ops.family_pauses (
+    family    text PRIMARY KEY,
+    paused_at timestamptz NOT NULL,
+    resume_at timestamptz NOT NULL,
+    reason    text NOT NULL
+);
+
 -- Mirror tables of schema stripe: one table per Stripe object type, each row holding the object
 -- as its newest event shows it. Every table has the same bookkeeping columns (the newest event's
 -- id, created time and log offset guard reorder-safe upserts) followed by the typed columns

@@ -5,8 +5,9 @@ down, a deadlock) is waited out with capped exponential backoff for as long as i
 nothing is dead-lettered. Any other failure of a batch is narrowed down to the event that causes
 it (the writer names it, or the batch is split in halves until one event is left); that event
 is tried again with exponential backoff up to ``max_attempts`` times, then produced to the
-dead-letter topic and recorded in ``ops.dead_letters``, and the partition moves on. Errors that
-are neither (a missing table, a bug) propagate: the agent stops the worker rather than skip.
+dead-letter topic and recorded in ``ops.dead_letters``, and the partition moves on, unless the
+dead-letter circuit breaker (see :mod:`streams.worker.breaker`) pauses the family instead. Errors
+that are neither (a missing table, a bug) propagate: the agent stops the worker rather than skip.
 """
 
 from __future__ import annotations
@@ -55,6 +56,19 @@ class Store(Protocol):
         """Record a produced dead letter; False when the position already covered it."""
 
 
+class Breaker(Protocol):
+    """What pauses a family instead of dead-lettering its events wholesale."""
+
+    def settled(self, family: str, applied: Sequence[AppliedEvent]) -> None:
+        """Count events the family's agent settled."""
+
+    async def holds(self, family: str, error: BaseException) -> bool:
+        """Whether an event about to be dead-lettered for ``error`` must wait instead."""
+
+    async def wait_while_paused(self, family: str) -> None:
+        """Return once ``family`` is not paused."""
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     """How often and how patiently a failing event is tried again."""
@@ -82,7 +96,8 @@ class BatchSettler:
     """Settle a family's batches: no poison event blocks its partition, no outage loses events.
 
     ``projection`` names the positions the store moves past a dead letter (None for the
-    router, which projects nothing).
+    router, which projects nothing). A ``breaker`` may pause the family instead of
+    dead-lettering an event that failed every attempt.
     """
 
     def __init__(
@@ -95,6 +110,7 @@ class BatchSettler:
         handler_of: Callable[[str], str],
         retry: RetryPolicy,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        breaker: Breaker | None = None,
     ) -> None:
         self.family = family
         self._store = store
@@ -103,6 +119,7 @@ class BatchSettler:
         self._handler_of = handler_of
         self._retry = retry
         self._sleep = sleep
+        self._breaker = breaker
 
     async def apply(self, events: Sequence[ConsumedEvent]) -> list[AppliedEvent]:
         """Apply events in log order; return each one's outcome once all are settled.
@@ -113,6 +130,11 @@ class BatchSettler:
         results: list[AppliedEvent] = []
         await self._settle(list(events), results)
         return results
+
+    async def wait_while_paused(self) -> None:
+        """Return once the family is not paused by the dead-letter circuit breaker."""
+        if self._breaker is not None:
+            await self._breaker.wait_while_paused(self.family)
 
     async def dead_letter_undecodable(
         self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
@@ -158,30 +180,44 @@ class BatchSettler:
         self, event: ConsumedEvent, failure: EventRejected | BatchRejected
     ) -> AppliedEvent:
         first_failed_at = datetime.now(UTC)
-        for attempt in range(2, self._retry.max_attempts + 1):
-            delay = self._retry.delay(attempt - 1)
-            log.warning(
-                "%s: event %s at %s/%d/%d failed: %s: %s; attempt %d of %d in %.1fs",
-                self.family, event.envelope.id, *event.coordinates,
-                type(failure.cause).__name__, failure.cause, attempt, self._retry.max_attempts,
-                delay,
-            )
-            await self._sleep(delay)
+        attempt = 1
+        while True:
+            if attempt < self._retry.max_attempts:
+                attempt += 1
+                delay = self._retry.delay(attempt - 1)
+                log.warning(
+                    "%s: event %s at %s/%d/%d failed: %s: %s; attempt %d of %d in %.1fs",
+                    self.family, event.envelope.id, *event.coordinates,
+                    type(failure.cause).__name__, failure.cause, attempt,
+                    self._retry.max_attempts, delay,
+                )
+                await self._sleep(delay)
+            elif await self._paused_instead(failure):
+                # The family was paused and has resumed: the event starts its attempts afresh.
+                attempt = 1
+            else:
+                return await self._dead_letter(
+                    event,
+                    failure.handler if isinstance(failure, EventRejected) else self._handler_of(
+                        event.envelope.type
+                    ),
+                    failure.cause,
+                    attempts=self._retry.max_attempts,
+                    first_failed_at=first_failed_at,
+                )
             try:
                 applied = await self._patiently(partial(self._apply, [event], attempt))
             except (EventRejected, BatchRejected) as again:
                 failure = again
             else:
                 return applied[0]
-        return await self._dead_letter(
-            event,
-            failure.handler if isinstance(failure, EventRejected) else self._handler_of(
-                event.envelope.type
-            ),
-            failure.cause,
-            attempts=self._retry.max_attempts,
-            first_failed_at=first_failed_at,
-        )
+
+    async def _paused_instead(self, failure: EventRejected | BatchRejected) -> bool:
+        """Whether the breaker paused the family rather than let it dead-letter; if so, wait."""
+        if self._breaker is None or not await self._breaker.holds(self.family, failure.cause):
+            return False
+        await self._breaker.wait_while_paused(self.family)
+        return True
 
     async def _dead_letter(
         self,
@@ -219,7 +255,10 @@ class BatchSettler:
         return AppliedEvent(event, Outcome.DEAD_LETTERED if recorded else Outcome.SKIPPED)
 
     async def _apply(self, events: Sequence[ConsumedEvent], attempts: int) -> list[AppliedEvent]:
-        return await self._store.apply(self.family, events, attempts)
+        applied = await self._store.apply(self.family, events, attempts)
+        if self._breaker is not None:
+            self._breaker.settled(self.family, applied)
+        return applied
 
     async def _patiently(self, operation: Callable[[], Awaitable[T]]) -> T:
         return await patiently(operation, self._retry, self.family, self._sleep)
