@@ -8,16 +8,24 @@ outages as :class:`~streams.errors.DependencyUnavailable` and refusals as
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from functools import partial
 
 from projections.database import connection, create_pool
-from projections.dead_letters import count_open_dead_letters, record_dead_letter
+from projections.dead_letters import (
+    count_open_dead_letters,
+    publish_dead_letter,
+    record_dead_letter,
+    unpublished_dead_letters,
+)
 from projections.pauses import pause_family, paused_families, resume_family
 from projections.writer import apply_batch
 from streams.handlers.registry import HandlerRegistry
 from streams.log.consumed import AppliedEvent, ConsumedEvent
+from streams.log.dead_letter_topic import holds_dead_letter
 from streams.log.envelope import DeadLetter
+from streams.log.topics import DEAD_LETTER_SUFFIX
 from streams.settings import Settings
 
 
@@ -27,6 +35,10 @@ class ProjectionStore:
     def __init__(self, settings: Settings, registry: HandlerRegistry, connections: int) -> None:
         self.registry = registry
         self.pool = create_pool(settings, min_size=connections, max_size=connections)
+        self._produced = partial(
+            holds_dead_letter, settings.kafka_bootstrap_servers,
+            settings.topic(DEAD_LETTER_SUFFIX),
+        )
 
     async def open(self) -> None:
         """Start opening the pool's connections; calls wait for one as they need it."""
@@ -45,10 +57,31 @@ class ProjectionStore:
 
     async def record_dead_letter(
         self, family: str, event: ConsumedEvent, letter: DeadLetter, projection: str | None
-    ) -> bool:
-        """Record a produced dead letter (see :func:`record_dead_letter`)."""
+    ) -> int | None:
+        """Record a dead letter still to produce (see :func:`record_dead_letter`)."""
         async with connection(self.pool) as conn:
             return await record_dead_letter(conn, family, event, letter, projection=projection)
+
+    async def produce_dead_letter(
+        self, dead_letter: int, publish: Callable[[DeadLetter], Awaitable[None]]
+    ) -> None:
+        """Produce a recorded dead letter exactly once (see :func:`publish_dead_letter`)."""
+        async with connection(self.pool) as conn:
+            await publish_dead_letter(conn, dead_letter, publish, self._produced)
+
+    async def publish_abandoned(
+        self, publish: Callable[[DeadLetter], Awaitable[None]], age: float
+    ) -> int:
+        """Produce the dead letters recorded ``age`` seconds ago and never produced (their
+        worker died in between), unless another worker is at it; return how many."""
+        async with connection(self.pool) as conn:
+            abandoned = await unpublished_dead_letters(conn, age)
+            published = 0
+            for dead_letter in abandoned:
+                published += await publish_dead_letter(
+                    conn, dead_letter, publish, self._produced, wait=False
+                )
+        return published
 
     async def open_dead_letters(self) -> int:
         """How many dead letters wait for review."""

@@ -53,12 +53,16 @@ CREATE TABLE ops.dead_letters (
     updated_at       timestamptz NOT NULL DEFAULT now(),
     endpoint         text,
     received_at      timestamptz,
+    message          bytea,
+    publishing_at    timestamptz,
+    published        boolean NOT NULL DEFAULT true,
     -- One dead letter per consumed message, even when a crash makes the worker fail it twice.
     UNIQUE (source_topic, source_partition, source_offset)
 );
 CREATE INDEX dead_letters_open_idx ON ops.dead_letters (last_failed_at) WHERE status = 'open';
 CREATE INDEX dead_letters_event_idx ON ops.dead_letters (event_id);
 CREATE INDEX dead_letters_type_idx ON ops.dead_letters (type, status);
+CREATE INDEX dead_letters_unpublished_idx ON ops.dead_letters (id) WHERE NOT published;
 
 CREATE TABLE ops.batch_jobs (
     id          bigserial PRIMARY KEY,

@@ -96,8 +96,7 @@ ON CONFLICT (minute, family, type, status) DO UPDATE SET
 -- name: record_dead_letter
 -- One row per failing event: an event that fails again (a retry, a replay, another copy of
 -- it) updates its open or retried dead letter, adding its attempts and keeping its first
--- coordinates. A worker that crashed after producing the dead letter and fails the same message
--- again after its restart adds nothing.
+-- coordinates. Either way the row holds the dead-letter message still to produce.
 WITH again AS (
     UPDATE ops.dead_letters AS d SET
         attempts = d.attempts + %(attempts)s,
@@ -106,6 +105,9 @@ WITH again AS (
         error_message = %(error_message)s,
         last_failed_at = %(last_failed_at)s,
         status = 'open',
+        message = %(message)s,
+        publishing_at = NULL,
+        published = false,
         updated_at = now()
     WHERE d.id = (
         SELECT id FROM ops.dead_letters
@@ -119,16 +121,43 @@ WITH again AS (
     INSERT INTO ops.dead_letters (
         event_id, type, family, handler, error_type, error_message, attempts, first_failed_at,
         last_failed_at, source_topic, source_partition, source_offset, payload, endpoint,
-        received_at
+        received_at, message, published
     )
     SELECT %(event_id)s, %(type)s, %(family)s, %(handler)s, %(error_type)s, %(error_message)s,
            %(attempts)s, %(first_failed_at)s, %(last_failed_at)s, %(source_topic)s,
-           %(source_partition)s, %(source_offset)s, %(payload)s, %(endpoint)s, %(received_at)s
+           %(source_partition)s, %(source_offset)s, %(payload)s, %(endpoint)s, %(received_at)s,
+           %(message)s, false
     WHERE NOT EXISTS (SELECT FROM again)
     ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING
     RETURNING id
 )
 SELECT id FROM again UNION ALL SELECT id FROM first
+
+-- name: lock_dead_letter
+-- Held by whoever produces a dead letter, across transactions, until it is marked published:
+-- a second worker recovering the same row skips it, and a dead connection releases it.
+SELECT pg_advisory_lock(%(namespace)s, (%(id)s %% 2147483647)::int)
+
+-- name: try_lock_dead_letter
+SELECT pg_try_advisory_lock(%(namespace)s, (%(id)s %% 2147483647)::int)
+
+-- name: unlock_dead_letter
+SELECT pg_advisory_unlock(%(namespace)s, (%(id)s %% 2147483647)::int)
+
+-- name: dead_letter_to_publish
+SELECT message, publishing_at IS NOT NULL FROM ops.dead_letters
+WHERE id = %(id)s AND NOT published
+
+-- name: publishing_dead_letter
+UPDATE ops.dead_letters SET publishing_at = now() WHERE id = %(id)s
+
+-- name: published_dead_letter
+UPDATE ops.dead_letters SET published = true, message = NULL WHERE id = %(id)s
+
+-- name: unpublished_dead_letters
+SELECT id FROM ops.dead_letters
+WHERE NOT published AND updated_at < now() - %(age)s * interval '1 second'
+ORDER BY id
 
 -- name: count_open_dead_letters
 SELECT count(*) FROM ops.dead_letters WHERE status = 'open'

@@ -16,7 +16,7 @@ from aiokafka import ConsumerRecord
 from psycopg_pool import AsyncConnectionPool
 
 from projections.database import connection
-from projections.dead_letters import record_dead_letter
+from projections.dead_letters import publish_dead_letter, record_dead_letter
 from projections.writer import Projecting, apply_batch
 from streams.errors import CodecError
 from streams.handlers.registry import HandlerRegistry
@@ -25,17 +25,27 @@ from streams.log.envelope import DeadLetter
 from streams.log.routing import OTHER, route_event
 from streams.worker.settling import BatchSettler, PublishDeadLetter, RetryPolicy
 
-Failures = Callable[[str, ConsumedEvent, DeadLetter], Awaitable[bool]]
-"""Where a job's failed event goes: recorded as a dead letter, or only counted."""
+Failures = Callable[[str, ConsumedEvent, DeadLetter], Awaitable[None]]
+"""Where a rebuild's failed event goes: counted, neither recorded nor produced."""
+Produced = Callable[[DeadLetter], Awaitable[bool]]
+"""Whether the dead-letter topic holds a dead letter already."""
+_COUNTED = 0
+"""What a failure handed to ``failures`` stands as in place of a dead letter's id (ids start
+at 1)."""
 
 
 @dataclass
 class JobStore:
-    """The settler's store for a job: the writer in ``projecting``'s mode, over ``pool``."""
+    """The settler's store for a job: the writer in ``projecting``'s mode, over ``pool``.
+
+    A failed event is dead-lettered as the worker does (``produced`` tells whether a produce
+    cut short reached the topic), or, given ``failures``, only handed to it.
+    """
 
     pool: AsyncConnectionPool
     registry: HandlerRegistry
     projecting: Projecting
+    produced: Produced
     failures: Failures | None = None
 
     async def apply(
@@ -49,11 +59,18 @@ class JobStore:
 
     async def record_dead_letter(
         self, family: str, event: ConsumedEvent, letter: DeadLetter, projection: str | None
-    ) -> bool:
+    ) -> int | None:
         if self.failures is not None:
-            return await self.failures(family, event, letter)
+            await self.failures(family, event, letter)
+            return _COUNTED
         async with connection(self.pool) as conn:
             return await record_dead_letter(conn, family, event, letter, projection=None)
+
+    async def produce_dead_letter(self, dead_letter: int, publish: PublishDeadLetter) -> None:
+        if dead_letter == _COUNTED:
+            return
+        async with connection(self.pool) as conn:
+            await publish_dead_letter(conn, dead_letter, publish, self.produced)
 
 
 @dataclass

@@ -65,10 +65,9 @@ class LogReader:
 
     async def partitions(self) -> list[int]:
         """The topic's partitions; a one-line error when the topic does not exist."""
+        # A consumer without subscriptions holds no topic's metadata until it asks for it.
+        await self._consumer._client.force_metadata_update()
         found = self._consumer.partitions_for_topic(self.topic)
-        if not found:
-            await self._consumer._client.force_metadata_update()
-            found = self._consumer.partitions_for_topic(self.topic)
         if not found:
             raise StreamsError(f"topic {self.topic} does not exist")
         return sorted(found)

@@ -83,12 +83,15 @@ async def _rebuild(
 ) -> int:
     failures: dict[str, str] = {}
 
-    async def failed(family: str, event: ConsumedEvent, letter: DeadLetter) -> bool:
+    async def failed(family: str, event: ConsumedEvent, letter: DeadLetter) -> None:
+        """A rebuild dead-letters nothing: live processing did for what failed."""
         failures.setdefault(event.envelope.id, f"{letter.error_type}: {letter.error_message}")
-        return True
 
     async def nowhere(letter: DeadLetter) -> None:
-        """A rebuild produces no dead letters: live processing did for what failed."""
+        """Nothing is produced: see ``failed``."""
+
+    async def never(letter: DeadLetter) -> bool:
+        return False
 
     async with LogReader(settings.kafka_bootstrap_servers, settings.topic()) as reader:
         partitions = await reader.partitions()
@@ -100,7 +103,7 @@ async def _rebuild(
         schema = shadow_schema(job.id)
         retry = RetryPolicy.from_settings(settings)
         applier = JobApplier(
-            JobStore(pool, load_handlers(), Projecting.rebuild(schema), failures=failed),
+            JobStore(pool, load_handlers(), Projecting.rebuild(schema), never, failed),
             nowhere, RetryPolicy(1, retry.backoff, retry.backoff_max), in_log=True,
         )
         await create_shadow(guard, schema, tables)

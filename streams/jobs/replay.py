@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from projections.database import connection, create_pool, database_errors
@@ -22,6 +23,7 @@ from streams.handlers.registry import load_handlers
 from streams.jobs.applying import JobApplier, JobStore
 from streams.jobs.reading import LogReader, Range
 from streams.jobs.running import exit_code, running_job
+from streams.log.dead_letter_topic import holds_dead_letter
 from streams.log.routing import FAMILIES
 from streams.log.topics import DEAD_LETTER_SUFFIX
 from streams.settings import Settings
@@ -85,8 +87,11 @@ async def _run(
     async def publish(letter: Any) -> None:
         await send_dead_letter(producer, settings, letter)
 
+    produced = partial(
+        holds_dead_letter, settings.kafka_bootstrap_servers, settings.topic(DEAD_LETTER_SUFFIX)
+    )
     applier = JobApplier(
-        JobStore(pool, load_handlers(), Projecting.replay()), publish, retry,
+        JobStore(pool, load_handlers(), Projecting.replay(), produced), publish, retry,
         in_log=topic == settings.topic(),
     )
     try:

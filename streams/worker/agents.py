@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 ROUTER = "router"
 _LAG_INTERVAL = 5.0
 _OPEN_DEAD_LETTERS_INTERVAL = 15.0
+_ABANDONED_AFTER = 30.0
+"""Seconds after which a recorded dead letter not yet produced counts as its worker's loss."""
 
 Settle = Callable[[Sequence[Delivery]], Awaitable[None]]
 """Settle every event of a batch; raising means nothing may be acknowledged."""
@@ -72,6 +74,9 @@ def register_agents(app: faust.App, settings: Settings, runtime: WorkerRuntime) 
 
     app.timer(_OPEN_DEAD_LETTERS_INTERVAL, name="count_open_dead_letters")(
         _open_dead_letters(runtime)
+    )
+    app.timer(_OPEN_DEAD_LETTERS_INTERVAL, name="publish_abandoned_dead_letters")(
+        _abandoned_dead_letters(runtime)
     )
 
 
@@ -197,6 +202,23 @@ def _open_dead_letters(runtime: WorkerRuntime) -> Any:
             log.debug("dead_letters_open not refreshed: %s", exc)
 
     return count
+
+
+def _abandoned_dead_letters(runtime: WorkerRuntime) -> Any:
+    async def publish() -> None:
+        """Produce the dead letters a worker recorded and died before producing."""
+        try:
+            await runtime.ready()
+            published = await runtime.store.publish_abandoned(
+                runtime.publish_dead_letter, _ABANDONED_AFTER
+            )
+        except Exception as exc:
+            log.warning("dead letters a stopped worker recorded not produced yet: %r", exc)
+        else:
+            if published:
+                log.info("produced %d dead letter(s) a stopped worker had recorded", published)
+
+    return publish
 
 
 async def _halt(app: faust.App, agent: str, exc: BaseException) -> None:

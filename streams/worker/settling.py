@@ -52,8 +52,11 @@ class Store(Protocol):
 
     async def record_dead_letter(
         self, family: str, event: ConsumedEvent, letter: DeadLetter, projection: str | None
-    ) -> bool:
-        """Record a produced dead letter; False when the position already covered it."""
+    ) -> int | None:
+        """Record a dead letter still to produce; its id, or None when the position covered it."""
+
+    async def produce_dead_letter(self, dead_letter: int, publish: PublishDeadLetter) -> None:
+        """Produce a recorded dead letter with ``publish``, exactly once."""
 
 
 class Breaker(Protocol):
@@ -241,18 +244,23 @@ class BatchSettler:
             first_failed_at=first_failed_at,
             last_failed_at=datetime.now(UTC),
         )
-        # Produce first: a crash before the record makes the restarted worker fail the event
-        # again and produce it once more, while recording first could lose the message.
-        await self._patiently(partial(self._publish, letter))
+        # Record first: a crash after it leaves the dead letter recorded and still to produce,
+        # which the worker produces once; producing first could repeat it on the topic.
         recorded = await self._patiently(partial(
             self._store.record_dead_letter, self.family, event, letter, self._projection
         ))
+        if recorded is not None:
+            await self._patiently(partial(
+                self._store.produce_dead_letter, recorded, self._publish
+            ))
         log.error(
             "%s: event %s (%s) at %s/%d/%d dead-lettered after %d attempt(s): %s: %s",
             self.family, event.envelope.id, event.envelope.type, *event.coordinates, attempts,
             letter.error_type, letter.error_message,
         )
-        return AppliedEvent(event, Outcome.DEAD_LETTERED if recorded else Outcome.SKIPPED)
+        return AppliedEvent(
+            event, Outcome.DEAD_LETTERED if recorded is not None else Outcome.SKIPPED
+        )
 
     async def _apply(self, events: Sequence[ConsumedEvent], attempts: int) -> list[AppliedEvent]:
         applied = await self._store.apply(self.family, events, attempts)

@@ -21,12 +21,9 @@ async def _positions(settings: Settings) -> list[tuple[int, int, str]]:
     )
     await consumer.start()
     try:
+        await consumer._client.force_metadata_update()
         tps = [TopicPartition(settings.topic(), p)
                for p in consumer.partitions_for_topic(settings.topic()) or ()]
-        if not tps:
-            await consumer._client.force_metadata_update()
-            tps = [TopicPartition(settings.topic(), p)
-                   for p in consumer.partitions_for_topic(settings.topic()) or ()]
         ends = await consumer.end_offsets(tps)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)

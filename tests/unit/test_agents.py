@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import faust
 import pytest
@@ -43,6 +43,7 @@ class FakeRuntime(WorkerRuntime):
         self.applied: list[tuple[str, ConsumedEvent]] = []
         self.batches: list[int] = []
         self.letters: list[DeadLetter] = []
+        self.recorded: list[DeadLetter] = []
         self.fail = fail
 
     async def ready(self) -> None:
@@ -62,8 +63,14 @@ class FakeRuntime(WorkerRuntime):
 
     async def record_dead_letter(
         self, family: str, event: ConsumedEvent, letter: DeadLetter, projection: str | None
-    ) -> bool:
-        return True
+    ) -> int | None:
+        self.recorded.append(letter)
+        return len(self.recorded)
+
+    async def produce_dead_letter(
+        self, dead_letter: int, publish: Callable[[DeadLetter], Awaitable[None]]
+    ) -> None:
+        await publish(self.recorded[dead_letter - 1])
 
     async def publish(self, letter: DeadLetter) -> None:
         self.letters.append(letter)

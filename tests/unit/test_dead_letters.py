@@ -4,7 +4,7 @@ outages are waited out without limit; anything else stops the agent."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -99,10 +99,15 @@ class FakeProjection:
 
     async def record_dead_letter(
         self, family: str, event: ConsumedEvent, letter: DeadLetter, projection: str | None
-    ) -> bool:
+    ) -> int | None:
         self.recorded.append(letter)
         self.steps.append(f"record {event.envelope.id}")
-        return True
+        return len(self.recorded)
+
+    async def produce_dead_letter(
+        self, dead_letter: int, publish: Callable[[DeadLetter], Awaitable[None]]
+    ) -> None:
+        await publish(self.recorded[dead_letter - 1])
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
@@ -144,13 +149,13 @@ def test_a_poison_event_is_retried_with_backoff_then_dead_lettered_and_the_rest_
     assert letter.first_failed_at <= letter.last_failed_at
 
 
-def test_the_dead_letter_is_produced_before_it_is_recorded_and_in_log_order() -> None:
+def test_the_dead_letter_is_recorded_before_it_is_produced_and_in_log_order() -> None:
     fake = FakeProjection(poison={"evt_0_1"})
 
     run(fake.policy(), [consumed(0), consumed(1), consumed(2)])
 
     assert fake.steps == [
-        "apply evt_0_0", "publish evt_0_1", "record evt_0_1", "apply evt_0_2",
+        "apply evt_0_0", "record evt_0_1", "publish evt_0_1", "apply evt_0_2",
     ]
 
 
