@@ -85,6 +85,7 @@ class JobApplier:
     publish: PublishDeadLetter
     retry: RetryPolicy
     in_log: bool
+    gives_up: str = "dead-lettered"
     seen: set[str] = field(default_factory=set)
     _settlers: dict[str, BatchSettler] = field(default_factory=dict)
 
@@ -98,7 +99,7 @@ class JobApplier:
 
             self._settlers[family] = BatchSettler(
                 family, store=self.store, projection=None, publish=self.publish,
-                handler_of=handler_of, retry=self.retry,
+                handler_of=handler_of, retry=self.retry, gives_up=self.gives_up,
             )
         return self._settlers[family]
 

@@ -105,6 +105,7 @@ async def _rebuild(
         applier = JobApplier(
             JobStore(pool, load_handlers(), Projecting.rebuild(schema), never, failed),
             nowhere, RetryPolicy(1, retry.backoff, retry.backoff_max), in_log=True,
+            gives_up="left out of the rebuild (not dead-lettered again)",
         )
         await create_shadow(guard, schema, tables)
         try:

@@ -100,7 +100,8 @@ class BatchSettler:
 
     ``projection`` names the positions the store moves past a dead letter (None for the
     router, which projects nothing). A ``breaker`` may pause the family instead of
-    dead-lettering an event that failed every attempt.
+    dead-lettering an event that failed every attempt; ``gives_up`` says in the log what
+    became of such an event (a rebuild only counts it).
     """
 
     def __init__(
@@ -114,6 +115,7 @@ class BatchSettler:
         retry: RetryPolicy,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         breaker: Breaker | None = None,
+        gives_up: str = "dead-lettered",
     ) -> None:
         self.family = family
         self._store = store
@@ -123,6 +125,7 @@ class BatchSettler:
         self._retry = retry
         self._sleep = sleep
         self._breaker = breaker
+        self._gives_up = gives_up
 
     async def apply(self, events: Sequence[ConsumedEvent]) -> list[AppliedEvent]:
         """Apply events in log order; return each one's outcome once all are settled.
@@ -254,9 +257,9 @@ class BatchSettler:
                 self._store.produce_dead_letter, recorded, self._publish
             ))
         log.error(
-            "%s: event %s (%s) at %s/%d/%d dead-lettered after %d attempt(s): %s: %s",
-            self.family, event.envelope.id, event.envelope.type, *event.coordinates, attempts,
-            letter.error_type, letter.error_message,
+            "%s: event %s (%s) at %s/%d/%d %s after %d attempt(s): %s: %s",
+            self.family, event.envelope.id, event.envelope.type, *event.coordinates,
+            self._gives_up, attempts, letter.error_type, letter.error_message,
         )
         return AppliedEvent(
             event, Outcome.DEAD_LETTERED if recorded is not None else Outcome.SKIPPED
