@@ -3,11 +3,11 @@ then produced to the dead-letter topic once."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
+import orjson
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
@@ -133,12 +133,16 @@ async def count_open_dead_letters(conn: AsyncConnection[Any]) -> int:
 
 
 def _payload(envelope: EventEnvelope) -> Any:
-    # jsonb cannot hold a NUL character, while the JSON text escapes it harmlessly.
+    """The payload as jsonb can hold it, else its text under ``unparsed_payload``.
+
+    jsonb refuses what a lenient JSON parser accepts (an unpaired surrogate, NaN) and the NUL
+    character; orjson refuses all of those but NUL, so what it parses jsonb stores.
+    """
     if "\\u0000" in envelope.payload:
         return {"unparsed_payload": envelope.payload}
     try:
-        return json.loads(envelope.payload)
-    except ValueError:
+        return orjson.loads(envelope.payload)
+    except orjson.JSONDecodeError:
         return {"unparsed_payload": envelope.payload}
 
 

@@ -95,6 +95,8 @@ def corpus() -> list[OddEvent]:
               _set_object("balance", 2**63), 200, "dead_lettered"),
         _case("a NUL character in a string", 107, _set_object("name", "Jane\u0000Doe"),
               200, "dead_lettered"),
+        _case("an unpaired surrogate in a string", 109, _set_object("name", "Jane\ud800Doe"),
+              400, "dead_lettered"),
         _case("duplicate JSON keys", 108, lambda event: None, 200, "processed",
               raw=_duplicate_keys(108)),
     ]

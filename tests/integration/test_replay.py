@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from dataclasses import replace
@@ -197,24 +198,34 @@ def test_an_interrupted_replay_stops_at_a_batch_and_resumes_where_it_stopped(
     ]
 
 
-def test_an_envelope_no_table_can_hold_is_dead_lettered_and_the_replay_goes_on(
+def test_events_no_table_can_hold_are_dead_lettered_and_the_replay_goes_on(
     settings: Settings, tmp_path: Path
 ) -> None:
-    events, _ = customer_events(3)
+    events, _ = customer_events(5)
     envelopes = [envelope_of(event) for event in events]
-    invalid = replace(envelopes[1], created=10**12)
+    out_of_range = replace(envelopes[1], created=10**12)
+    surrogate = replace(envelopes[2], payload=envelopes[2].payload.replace(
+        '"object": "customer"', '"object": "customer", "name": "\\ud800"', 1
+    ))
+    no_object = replace(envelopes[3], payload=json.dumps(
+        {**json.loads(envelopes[3].payload), "data": {}}
+    ))
     prepare_topics(settings)
-    asyncio.run(produce(settings, [envelopes[0], invalid, envelopes[2]]))
+    asyncio.run(produce(settings, [envelopes[0], out_of_range, surrogate, no_object,
+                                   envelopes[4]]))
 
     done = run_command(settings, tmp_path, "replay", "--topic", settings.topic(),
                        "--from-offset", "0")
 
     assert done.returncode == 1, done.stderr
-    assert query(settings.database_url, "SELECT event_id, handler FROM ops.dead_letters") == [
-        (invalid.id, "validate")
-    ]
+    assert sorted(query(settings.database_url,
+                        "SELECT event_id, handler FROM ops.dead_letters")) == sorted([
+        (out_of_range.id, "validate"),
+        (surrogate.id, "customers.customer_changed"),
+        (no_object.id, "customers.customer_changed"),
+    ])
     assert query(settings.database_url, "SELECT last_event_id FROM stripe.customers") == [
-        (envelopes[2].id,)
+        (envelopes[4].id,)
     ]
 
 
