@@ -3,6 +3,12 @@
 Each message is ``C3 01``, the 8-byte little-endian CRC-64-AVRO fingerprint of the writer
 schema's parsing canonical form, then the Avro binary body. The fingerprint lets a reader refuse
 a message written with a schema it does not know instead of decoding garbage.
+
+The schemas evolve in generations: ``schemas/`` holds the current one, ``schemas/history/`` the
+earlier ones (``<file>.<generation>.avsc``). A reader decodes a message of any generation it
+knows. A writer uses the oldest generation that can hold the record, so readers that know only
+that generation keep reading everything they could before: only an envelope whose ``source``
+an older generation lacks (``reconcile``) needs the newer readers.
 """
 
 from __future__ import annotations
@@ -39,19 +45,53 @@ class AvroSchema:
     fingerprint: bytes
 
 
+_FILES = ("stripe_event", "dead_letter")
+
+
 @cache
+def generations() -> list[dict[str, AvroSchema]]:
+    """Every generation of the schemas, oldest first, each keyed by short record name."""
+    history = SCHEMA_DIR / "history"
+    numbers = sorted({int(path.name.split(".")[1]) for path in history.glob("*.avsc")})
+    return [
+        *(_load([history / f"{file}.{number}.avsc" for file in _FILES]) for number in numbers),
+        _load([SCHEMA_DIR / f"{file}.avsc" for file in _FILES]),
+    ]
+
+
 def schemas() -> dict[str, AvroSchema]:
-    """Load every schema of ``schemas/``, keyed by short record name."""
+    """The current generation of the schemas, keyed by short record name."""
+    return generations()[-1]
+
+
+def _load(files: list[Path]) -> dict[str, AvroSchema]:
     named: dict[str, Any] = {}
     loaded: dict[str, AvroSchema] = {}
-    for file in ("stripe_event.avsc", "dead_letter.avsc"):
-        declared = json.loads((SCHEMA_DIR / file).read_text())
+    for file in files:
+        declared = json.loads(file.read_text())
         # Expanding inlines referenced records so the canonical form is self-contained.
         parsed = parse_schema(expand_schema(parse_schema(declared, named)))
         canonical = to_parsing_canonical_form(parsed)
         digest = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
         loaded[declared["name"]] = AvroSchema(declared["name"], parsed, digest)
     return loaded
+
+
+def _writer(name: str, source: EventSource) -> AvroSchema:
+    """The oldest generation's schema ``name`` whose envelope can say ``source``."""
+    for generation in generations():
+        if source.value in _sources(generation["StripeEvent"]):
+            return generation[name]
+    raise CodecError(f"no schema of {name} holds the source {source.value!r}")
+
+
+def _sources(schema: AvroSchema) -> list[str]:
+    [field] = [f for f in schema.parsed["fields"] if f["name"] == "source"]
+    return list(field["type"]["symbols"])
+
+
+def _known(name: str) -> dict[bytes, AvroSchema]:
+    return {generation[name].fingerprint: generation[name] for generation in generations()}
 
 
 def _encode(schema: AvroSchema, record: dict[str, Any]) -> bytes:
@@ -62,17 +102,19 @@ def _encode(schema: AvroSchema, record: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-def _decode(schema: AvroSchema, message: bytes) -> dict[str, Any]:
+def _decode(name: str, message: bytes) -> dict[str, Any]:
     if len(message) < HEADER_SIZE or message[:2] != MARKER:
         raise CodecError(
             f"not an Avro single-object message: expected marker C3 01 and a "
             f"{HEADER_SIZE}-byte header, got {len(message)} bytes starting {message[:2].hex()}"
         )
     found = message[2:HEADER_SIZE]
-    if found != schema.fingerprint:
+    known = _known(name)
+    schema = known.get(found)
+    if schema is None:
         raise CodecError(
-            f"unknown schema fingerprint {found.hex()}; this reader knows {schema.name} "
-            f"as {schema.fingerprint.hex()}"
+            f"unknown schema fingerprint {found.hex()}; this reader knows {name} as "
+            f"{', '.join(digest.hex() for digest in known)}"
         )
     body = io.BytesIO(message[HEADER_SIZE:])
     try:
@@ -90,7 +132,7 @@ def encode_event(envelope: EventEnvelope) -> bytes:
     """Encode an envelope as an Avro single-object message."""
     record = envelope.as_record()
     record["source"] = envelope.source.value
-    return _encode(schemas()["StripeEvent"], record)
+    return _encode(_writer("StripeEvent", envelope.source), record)
 
 
 def _envelope_of(record: dict[str, Any]) -> EventEnvelope:
@@ -103,7 +145,7 @@ def _envelope_of(record: dict[str, Any]) -> EventEnvelope:
 
 def decode_event(message: bytes) -> EventEnvelope:
     """Decode an envelope; raise CodecError for a foreign, truncated or corrupt message."""
-    return _envelope_of(_decode(schemas()["StripeEvent"], message))
+    return _envelope_of(_decode("StripeEvent", message))
 
 
 def encode_dead_letter(letter: DeadLetter) -> bytes:
@@ -112,12 +154,12 @@ def encode_dead_letter(letter: DeadLetter) -> bytes:
     event = letter.event.as_record()
     event["source"] = letter.event.source.value
     record["event"] = event
-    return _encode(schemas()["DeadLetter"], record)
+    return _encode(_writer("DeadLetter", letter.event.source), record)
 
 
 def decode_dead_letter(message: bytes) -> DeadLetter:
     """Decode a dead letter; raise CodecError for a foreign, truncated or corrupt message."""
-    record = _decode(schemas()["DeadLetter"], message)
+    record = _decode("DeadLetter", message)
     record["event"] = _envelope_of(record["event"])
     return DeadLetter(**record)
 
@@ -129,10 +171,9 @@ def event_type_of(message: bytes) -> str:
     its cost; a message whose header or first fields are wrong raises CodecError like a full
     decode would, and the family agent decodes the rest.
     """
-    header = MARKER + schemas()["StripeEvent"].fingerprint
-    if not message.startswith(header):
+    if message[:2] != MARKER or message[2:HEADER_SIZE] not in _known("StripeEvent"):
         return decode_event(message).type
-    position = len(header)
+    position = HEADER_SIZE
     try:
         for field in ("id", "type"):
             length, position = _varint(message, position)

@@ -27,6 +27,7 @@ class EventSource(StrEnum):
     BACKFILL = "backfill"
     REPLAY = "replay"
     DLQ_RETRY = "dlq_retry"
+    RECONCILE = "reconcile"
 
 
 @dataclass(frozen=True, slots=True)

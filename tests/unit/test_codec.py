@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -15,7 +16,7 @@ from streams.log.codec import (
     decode_event,
     encode_dead_letter,
     encode_event,
-    schemas,
+    generations,
 )
 from streams.log.envelope import EventEnvelope, EventSource
 
@@ -65,10 +66,42 @@ def test_dead_letters_round_trip(letter: DeadLetter) -> None:
 
 
 @given(envelopes)
-def test_message_starts_with_marker_and_schema_fingerprint(envelope: EventEnvelope) -> None:
+def test_message_starts_with_marker_and_the_oldest_fingerprint_that_holds_it(
+    envelope: EventEnvelope,
+) -> None:
     message = encode_event(envelope)
+    first, *_, current = generations()
     assert message[:2] == b"\xc3\x01"
-    assert message[2:10] == schemas()["StripeEvent"].fingerprint
+    expected = current if envelope.source is EventSource.RECONCILE else first
+    assert message[2:10] == expected["StripeEvent"].fingerprint
+
+
+ENVELOPE = EventEnvelope(
+    id="evt_1", type="customer.updated", object_id="cus_1", object_type="customer",
+    created=1_767_225_600, api_version=None, livemode=False, account=None, endpoint="default",
+    source=EventSource.WEBHOOK, received_at=datetime(2026, 1, 1, tzinfo=UTC), payload="{}",
+)
+LETTER = DeadLetter(
+    event=ENVELOPE, error_type="E", error_message="m", retriable=False, handler="h",
+    attempts=1, source_topic="t", source_partition=0, source_offset=0,
+    first_failed_at=datetime(2026, 1, 1, tzinfo=UTC),
+    last_failed_at=datetime(2026, 1, 1, tzinfo=UTC),
+)
+
+
+def test_readers_of_the_first_generation_read_every_envelope_but_reconciled_ones() -> None:
+    """A worker not upgraded yet keeps reading what gateways, backfills and retries write."""
+    first = generations()[0]["StripeEvent"]
+    symbols = ["webhook", "backfill", "replay", "dlq_retry"]
+    assert next(f for f in first.parsed["fields"] if f["name"] == "source")["type"][
+        "symbols"] == symbols
+    for source in EventSource:
+        envelope = replace(ENVELOPE, source=source)
+        message = encode_event(envelope)
+        assert (message[2:10] == first.fingerprint) is (source.value in symbols)
+        assert decode_event(message) == envelope
+        letter = replace(LETTER, event=envelope)
+        assert decode_dead_letter(encode_dead_letter(letter)) == letter
 
 
 def test_fingerprint_is_crc64_avro_of_the_canonical_form_little_endian() -> None:
