@@ -7,6 +7,7 @@ from streams.handlers.mirror import Mirror, first, integer, reference, text, tim
 CHECKOUT_SESSIONS = Mirror.declare(
     "checkout_sessions",
     "checkout.session",
+    api_path="/v1/checkout/sessions",
     events=(
         "checkout.session.completed",
         "checkout.session.expired",

@@ -67,6 +67,7 @@ INVOICES = Mirror.declare(
 INVOICE_ITEMS = Mirror.declare(
     "invoice_items",
     "invoiceitem",
+    api_path="/v1/invoiceitems",
     events=("invoiceitem.created",),
     deletes=("invoiceitem.deleted",),
     customer=reference("customer"),

@@ -246,23 +246,38 @@ class Mirror:
         events: tuple[str, ...] = (),
         deletes: tuple[str, ...] = (),
         family: str | None = None,
+        api_path: str | None = "",
+        reconciled: str | None = None,
         **fields: Field,
     ) -> Mirror:
         """Declare the mirror table ``name`` in the registry, holding ``object_type`` objects.
 
         An event of a type in ``events`` (or ``deletes``, whose events mark the object
-        deleted) is projected as one row of this table by ``<object_type>_changed``; a table
-        fed by a handler of its own lists no types here and names its ``family`` instead.
+        deleted) is projected as one row of this table by ``<object_type>_changed``, and so is
+        ``<prefix>.reconciled``, the event ``reconcile`` appends with the object as Stripe's
+        API returns it (``<prefix>`` as in the table's events: ``customer.subscription``). A
+        table fed by a handler of its own lists no types here and names its ``family`` instead,
+        and the ``reconciled`` type that handler registers, if any. Stripe's API lists the objects at ``api_path``, ``/v1/<name>`` by default;
+        None: it lists them only under their parent.
         """
         if family is None:
             if not events and not deletes:
                 raise ValueError(f"mirror table {name!r} needs its events or its family")
             family = family_of((*events, *deletes))
+        if events or deletes:
+            reconciled = f"{(events or deletes)[0].rsplit('.', 1)[0]}.reconciled"
         column_types = {column: field.sql_type for column, field in fields.items()}
-        mirror = cls(REGISTRY.table(name, column_types, family), object_type, fields)
+        table = REGISTRY.table(
+            name, column_types, family,
+            api_path=f"/v1/{name}" if api_path == "" else api_path, reconciled_type=reconciled,
+        )
+        mirror = cls(table, object_type, fields)
         if events or deletes:
             handler = f"{object_type.replace('.', '_')}_changed"
-            REGISTRY.register(handler, mirror.project, *events, deletes=deletes)
+            REGISTRY.register(
+                handler, mirror.project, *events, *([reconciled] if reconciled else []),
+                deletes=deletes,
+            )
         return mirror
 
     def row(self, obj: StripeObject) -> MirrorRow:

@@ -36,6 +36,10 @@ class MirrorTable:
     """Each typed column and its SQL type (``text``, ``bigint``, ``timestamptz``, ...)."""
     family: str
     """The one family whose events write this table, so rebuilding a family rebuilds it."""
+    api_path: str | None = None
+    """Where Stripe's API lists these objects (``/v1/customers``); None: not listable alone."""
+    reconciled_type: str | None = None
+    """The type of the events ``reconcile`` appends to repair a row of this table."""
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -108,11 +112,14 @@ class HandlerRegistry:
     _unhandled: dict[str, UnhandledType] = field(default_factory=dict)
     _tables: dict[str, MirrorTable] = field(default_factory=dict)
 
-    def table(self, name: str, column_types: Mapping[str, str], family: str) -> MirrorTable:
+    def table(
+        self, name: str, column_types: Mapping[str, str], family: str, *,
+        api_path: str | None = None, reconciled_type: str | None = None,
+    ) -> MirrorTable:
         """Declare a mirror table, its typed columns with their SQL types, and its family."""
         if name in self._tables:
             raise ValueError(f"mirror table {name!r} is declared twice")
-        declared = MirrorTable(name, dict(column_types), family)
+        declared = MirrorTable(name, dict(column_types), family, api_path, reconciled_type)
         self._tables[name] = declared
         return declared
 

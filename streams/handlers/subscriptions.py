@@ -49,6 +49,7 @@ SUBSCRIPTIONS = Mirror.declare(
     "subscriptions",
     "subscription",
     family="subscriptions",
+    reconciled="customer.subscription.reconciled",
     customer=reference("customer"),
     status=text("status"),
     currency=text("currency"),
@@ -75,6 +76,7 @@ SUBSCRIPTIONS = Mirror.declare(
 SUBSCRIPTION_ITEMS = Mirror.declare(
     "subscription_items",
     "subscription_item",
+    api_path=None,
     family="subscriptions",
     subscription=reference("subscription"),
     price=first(reference("price"), reference("plan")),
@@ -121,6 +123,7 @@ SUBSCRIPTION_SCHEDULES = Mirror.declare(
     "customer.subscription.trial_will_end",
     "customer.subscription.pending_update_applied",
     "customer.subscription.pending_update_expired",
+    "customer.subscription.reconciled",
 )
 def subscription_changed(event: Event) -> Projection:
     """Mirror the subscription and its items."""

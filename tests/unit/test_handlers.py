@@ -74,6 +74,25 @@ def test_every_handler_writes_only_tables_of_its_own_family() -> None:
     assert written > 60
 
 
+def test_every_table_stripe_lists_is_repaired_by_its_reconciled_event() -> None:
+    """reconcile appends <prefix>.reconciled with the object as listed: its table's handler
+    must project it, in the table's family."""
+    listed = {n: t for n, t in REGISTRY.tables.items() if t.api_path is not None}
+    assert set(REGISTRY.tables) - set(listed) == {"subscription_items"}
+    for name, table in listed.items():
+        assert table.reconciled_type is not None, name
+        assert route_event(table.reconciled_type) == table.family, name
+        handler = REGISTRY.lookup(table.reconciled_type)
+        assert handler is not None, name
+        object_type = table.reconciled_type.rsplit(".", 2)[-2]
+        resource = {"session": "checkout.session", "dispute": "dispute"}.get(
+            object_type, object_type
+        )
+        if resource in stripe_objects():
+            rows = handler.handle(_event(table.reconciled_type, _fixture(resource))).rows
+            assert rows[0].table == name, name
+
+
 def test_customer_columns_come_from_the_customer() -> None:
     row = _only_row("customer.updated", _fixture("customer", email="ada@example.com"))
     assert (row.table, row.id, row.deleted) == ("customers", "cus_QXg1o8vcGmoR32", False)
