@@ -21,7 +21,7 @@ CREATE TABLE ops.event_log (
     deliveries   integer NOT NULL DEFAULT 1 CHECK (deliveries >= 1),
     attempts     integer NOT NULL DEFAULT 1 CHECK (attempts >= 1),
     source       text NOT NULL
-        CHECK (source IN ('webhook', 'backfill', 'replay', 'dlq_retry')),
+        CHECK (source IN ('webhook', 'backfill', 'replay', 'dlq_retry', 'reconcile')),
     topic        text NOT NULL,
     "partition"  integer NOT NULL,
     "offset"     bigint NOT NULL
@@ -66,7 +66,8 @@ CREATE INDEX dead_letters_unpublished_idx ON ops.dead_letters (id) WHERE NOT pub
 
 CREATE TABLE ops.batch_jobs (
     id          bigserial PRIMARY KEY,
-    kind        text NOT NULL CHECK (kind IN ('replay', 'rebuild', 'dlq_retry', 'backfill')),
+    kind        text NOT NULL
+        CHECK (kind IN ('replay', 'rebuild', 'dlq_retry', 'backfill', 'reconcile')),
     params      jsonb NOT NULL DEFAULT '{}'::jsonb,
     total       bigint,
     processed   bigint NOT NULL DEFAULT 0,
@@ -107,6 +108,20 @@ CREATE TABLE ops.family_pauses (
     paused_at timestamptz NOT NULL,
     resume_at timestamptz NOT NULL,
     reason    text NOT NULL
+);
+
+CREATE TABLE ops.backfilled_events (
+    event_id    text PRIMARY KEY,
+    job_id      bigint NOT NULL,
+    appended_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE ops.ties (
+    "table"     text NOT NULL,
+    object_id   text NOT NULL,
+    event_ids   text[] NOT NULL,
+    detected_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY ("table", object_id)
 );
 
 -- Mirror tables of schema stripe: one table per Stripe object type, each row holding the object
