@@ -257,8 +257,8 @@ class Mirror:
         ``<prefix>.reconciled``, the event ``reconcile`` appends with the object as Stripe's
         API returns it (``<prefix>`` as in the table's events: ``customer.subscription``). A
         table fed by a handler of its own lists no types here and names its ``family`` instead,
-        and the ``reconciled`` type that handler registers, if any. Stripe's API lists the objects at ``api_path``, ``/v1/<name>`` by default;
-        None: it lists them only under their parent.
+        and the ``reconciled`` type that handler registers, if any. Stripe's API lists the
+        objects at ``api_path``, ``/v1/<name>`` by default; None: only under their parent.
         """
         if family is None:
             if not events and not deletes:
