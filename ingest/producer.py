@@ -8,6 +8,7 @@ the retriable :class:`LogUnavailable` and the sender (Stripe) delivers again lat
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
@@ -103,6 +104,31 @@ class EventLog:
             raise EventTooLarge(f"Kafka refuses an event of {len(message)} bytes") from exc
         except KafkaError as exc:
             raise LogUnavailable(f"Kafka did not take the event: {exc!r}") from exc
+
+    async def append_all(self, messages: Sequence[tuple[bytes, bytes]]) -> None:
+        """Append ``(key, encoded envelope)`` pairs in order; return once Kafka acknowledged all.
+
+        Each is queued before the next, so events of one partition keep their order; the
+        acknowledgements are awaited together, at most the produce timeout after the last.
+        """
+        producer, loop = self._producer, self._loop
+        if producer is None or loop is None:
+            raise LogUnavailable("the producer is not running")
+        try:
+            deliveries = [
+                await producer.send(self.topic, message, key=key) for key, message in messages
+            ]
+            deadline = loop.time() + self._timeout
+            for delivery in deliveries:
+                if not delivery.done():
+                    await _until_done(loop, delivery, deadline)
+                if not delivery.done():
+                    raise LogUnavailable(f"Kafka did not acknowledge within {self._timeout:g} s")
+                delivery.result()
+        except MessageSizeTooLargeError as exc:
+            raise EventTooLarge(f"Kafka refuses an event for its size: {exc!r}") from exc
+        except KafkaError as exc:
+            raise LogUnavailable(f"Kafka did not take the events: {exc!r}") from exc
 
     async def reachable(self) -> bool:
         """Ask the cluster for its metadata, within the produce timeout.

@@ -97,3 +97,18 @@ async def logged_statuses(conn: AsyncConnection[Any], event_ids: list[str]) -> d
     async with conn.transaction():
         cursor = await conn.execute(queries("jobs")["logged_statuses"], {"event_ids": event_ids})
         return {str(event_id): str(status) for event_id, status in await cursor.fetchall()}
+
+
+async def known_events(conn: AsyncConnection[Any], event_ids: list[str]) -> set[str]:
+    """The ids among ``event_ids`` a worker logged or a backfill appended already."""
+    async with conn.transaction():
+        cursor = await conn.execute(queries("jobs")["known_events"], {"event_ids": event_ids})
+        return {str(event_id) for (event_id,) in await cursor.fetchall()}
+
+
+async def record_backfilled(conn: AsyncConnection[Any], job: int, event_ids: list[str]) -> None:
+    """Remember the events backfill job ``job`` appended to the log."""
+    async with conn.transaction():
+        await conn.execute(
+            queries("jobs")["record_backfilled"], {"event_ids": event_ids, "job": job}
+        )

@@ -349,6 +349,12 @@ class Settings:
         "forever.",
         _retention,
     )
+    stripe_rate: float = setting(
+        "STRIPE_STREAMS_STRIPE_RATE", 20.0,
+        "Most requests per second backfill and reconcile send to Stripe's API (its read limit "
+        "is 100/s in live mode and 25/s in test mode).",
+        _positive_float,
+    )
     job_batch_size: int = setting(
         "STRIPE_STREAMS_JOB_BATCH_SIZE", 5000,
         "Most events replay and rebuild apply in one PostgreSQL transaction.", _positive_int,

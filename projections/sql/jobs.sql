@@ -29,3 +29,14 @@ WHERE id = %(id)s
 
 -- name: logged_statuses
 SELECT event_id, status FROM ops.event_log WHERE event_id = ANY(%(event_ids)s::text[])
+
+-- name: known_events
+-- Events the pipeline holds already: logged by a worker, or appended by a backfill.
+SELECT event_id FROM ops.event_log WHERE event_id = ANY(%(event_ids)s::text[])
+UNION
+SELECT event_id FROM ops.backfilled_events WHERE event_id = ANY(%(event_ids)s::text[])
+
+-- name: record_backfilled
+INSERT INTO ops.backfilled_events (event_id, job_id)
+SELECT unnest(%(event_ids)s::text[]), %(job)s
+ON CONFLICT (event_id) DO NOTHING

@@ -15,7 +15,17 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any, NoReturn
 
-from streams.cli import dlq, gateway, migrate, rebuild, replay, services, settings, worker
+from streams.cli import (
+    backfill,
+    dlq,
+    gateway,
+    migrate,
+    rebuild,
+    replay,
+    services,
+    settings,
+    worker,
+)
 from streams.errors import StreamsError
 from streams.settings import Settings
 
@@ -28,6 +38,7 @@ COMMANDS: dict[str, ModuleType] = {
     "replay": replay,
     "rebuild": rebuild,
     "dlq": dlq,
+    "backfill": backfill,
     "settings": settings,
 }
 Run = Callable[[Settings, argparse.Namespace], int]
