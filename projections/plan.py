@@ -85,6 +85,9 @@ class BatchPlan:
             seen.add(event_id)
         self.duplicates: list[EventRecord] = list(known.values())
         """Event-log records of ids logged before: each counts its deliveries, nothing else."""
+        self.ties: dict[tuple[str, str], set[str]] = defaultdict(set)
+        """Per row, the ids of events created in the same second that both wrote it: which
+        is newer no rule can tell (log position is arrival order), so reconcile fetches it."""
 
     def staged_rows(self) -> dict[str, list[bytes]]:
         """Per table, each row as the newest event of the batch shows it, as a JSON object.
@@ -121,6 +124,12 @@ class BatchPlan:
             for row in candidate.projection.rows if candidate.projection else ():
                 key = (row.table, row.id)
                 current = versions.get(key)
+                if (
+                    current is not None
+                    and current[1] != event.envelope.id
+                    and current[0][0] == event.version[0]
+                ):
+                    self.ties[key].update((current[1], event.envelope.id))
                 if (
                     current is None
                     or current[1] == event.envelope.id

@@ -185,6 +185,7 @@ async def _apply(
     if projecting.audit is Audit.LIVE:
         await record_events(conn, family, [*records, *plan.duplicates], attempts=attempts)
         await count_stats(conn, family, records)
+        await record_ties(conn, plan.ties)
     elif projecting.audit is Audit.REPLAY:
         await record_replayed(conn, family, records)
     if projecting.audit is not Audit.NONE:
@@ -364,6 +365,17 @@ async def record_replayed(
     await conn.execute(
         queries("writer")["record_replayed"], {"family": family, "events": _json(events)}
     )
+
+
+async def record_ties(
+    conn: AsyncConnection[Any], ties: Mapping[tuple[str, str], set[str]]
+) -> None:
+    """Remember the rows two same-second events wrote, for ``reconcile --ties``."""
+    if not ties:
+        return
+    rows = [{"table": table, "object_id": object_id, "event_ids": sorted(event_ids)}
+            for (table, object_id), event_ids in sorted(ties.items())]
+    await conn.execute(queries("writer")["record_ties"], {"ties": _json(rows)})
 
 
 async def close_revived_dead_letters(

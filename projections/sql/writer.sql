@@ -73,6 +73,15 @@ ON CONFLICT (event_id) DO UPDATE SET
                         ELSE l.processed_at END,
     status = CASE WHEN l.status = 'dead_lettered' THEN excluded.status ELSE l.status END
 
+-- name: record_ties
+INSERT INTO ops.ties AS t ("table", object_id, event_ids)
+SELECT e."table", e.object_id, e.event_ids
+FROM json_to_recordset(%(ties)s::json) AS e("table" text, object_id text, event_ids text[])
+ORDER BY e."table", e.object_id
+ON CONFLICT ("table", object_id) DO UPDATE SET
+    event_ids = ARRAY(SELECT DISTINCT unnest(t.event_ids || excluded.event_ids) ORDER BY 1),
+    detected_at = now()
+
 -- name: close_revived_dead_letters
 UPDATE ops.dead_letters SET status = 'retried', updated_at = now()
 WHERE event_id = ANY(%(event_ids)s::text[]) AND status = 'open'

@@ -184,7 +184,7 @@ def test_a_dead_letter_is_recorded_once_per_consumed_message(
 
     recorded = [asyncio.run(record(database_url, poison, projection)) for _ in range(2)]
 
-    assert recorded == [True, False]
+    assert recorded[0] is not None and recorded[1] is None
     assert asyncio.run(open_dead_letters(database_url)) == 1
     assert event_log(database_url)[poison.envelope.id] == ("dead_lettered", 1)
     with psycopg.connect(database_url) as conn:

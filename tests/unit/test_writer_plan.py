@@ -102,6 +102,29 @@ def test_ties_on_created_are_broken_by_log_position() -> None:
     assert row["colour"] == "blue"
 
 
+def test_two_events_of_one_object_in_one_second_are_kept_as_a_tie_for_reconcile() -> None:
+    events = [widget_event("evt_a", 7, 100), widget_event("evt_b", 8, 100),
+              widget_event("evt_c", 9, 101, object_id="wid_2")]
+    plan = BatchPlan(events, {}, widgets)
+
+    plan.settle({("widgets", "wid_2"): ((101, 3), "evt_earlier"),
+                 ("widgets", "wid_3"): ((101, 3), "evt_other")})
+
+    assert dict(plan.ties) == {
+        ("widgets", "wid_1"): {"evt_a", "evt_b"},
+        ("widgets", "wid_2"): {"evt_earlier", "evt_c"},
+    }
+
+
+def test_events_of_different_seconds_make_no_tie() -> None:
+    events = [widget_event("evt_a", 7, 100), widget_event("evt_b", 8, 101)]
+    plan = BatchPlan(events, {}, widgets)
+
+    plan.settle({})
+
+    assert not plan.ties
+
+
 def test_a_redelivered_id_only_counts_a_delivery() -> None:
     first, again = widget_event("evt_1", 1, 100), widget_event("evt_1", 2, 100)
     known = widget_event("evt_0", 3, 90)
