@@ -86,8 +86,9 @@ class BatchPlan:
         self.duplicates: list[EventRecord] = list(known.values())
         """Event-log records of ids logged before: each counts its deliveries, nothing else."""
         self.ties: dict[tuple[str, str], set[str]] = defaultdict(set)
-        """Per row, the ids of events created in the same second that both wrote it: which
-        is newer no rule can tell (log position is arrival order), so reconcile fetches it."""
+        """Per object's own row, the ids of events created in the same second that both wrote
+        it: which is newer no rule can tell (log position is arrival order), so reconcile
+        fetches the object again."""
 
     def staged_rows(self) -> dict[str, list[bytes]]:
         """Per table, each row as the newest event of the batch shows it, as a JSON object.
@@ -126,6 +127,7 @@ class BatchPlan:
                 current = versions.get(key)
                 if (
                     current is not None
+                    and row.id == event.envelope.object_id
                     and current[1] != event.envelope.id
                     and current[0][0] == event.version[0]
                 ):
