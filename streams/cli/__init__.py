@@ -21,6 +21,7 @@ from streams.cli import (
     gateway,
     migrate,
     rebuild,
+    reconcile,
     replay,
     services,
     settings,
@@ -39,6 +40,7 @@ COMMANDS: dict[str, ModuleType] = {
     "rebuild": rebuild,
     "dlq": dlq,
     "backfill": backfill,
+    "reconcile": reconcile,
     "settings": settings,
 }
 Run = Callable[[Settings, argparse.Namespace], int]
