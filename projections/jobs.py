@@ -7,6 +7,7 @@ terminal see the counts move while the job runs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -106,9 +107,28 @@ async def known_events(conn: AsyncConnection[Any], event_ids: list[str]) -> set[
         return {str(event_id) for (event_id,) in await cursor.fetchall()}
 
 
-async def record_backfilled(conn: AsyncConnection[Any], job: int, event_ids: list[str]) -> None:
-    """Remember the events backfill job ``job`` appended to the log."""
+async def sending_backfilled(conn: AsyncConnection[Any], job: int, event_ids: list[str]) -> None:
+    """Remember that backfill job ``job`` is appending these events to the log."""
     async with conn.transaction():
         await conn.execute(
-            queries("jobs")["record_backfilled"], {"event_ids": event_ids, "job": job}
+            queries("jobs")["sending_backfilled"], {"event_ids": event_ids, "job": job}
         )
+
+
+async def appended_backfilled(conn: AsyncConnection[Any], event_ids: list[str]) -> None:
+    """Remember that Kafka acknowledged these backfilled events."""
+    async with conn.transaction():
+        await conn.execute(queries("jobs")["appended_backfilled"], {"event_ids": event_ids})
+
+
+async def unsettled_backfilled(conn: AsyncConnection[Any], job: int) -> dict[str, datetime]:
+    """The events job ``job`` was appending when it stopped, each with when it sent them."""
+    async with conn.transaction():
+        cursor = await conn.execute(queries("jobs")["unsettled_backfilled"], {"job": job})
+        return {str(event_id): sent_at for event_id, sent_at in await cursor.fetchall()}
+
+
+async def forget_backfilled(conn: AsyncConnection[Any], event_ids: list[str]) -> None:
+    """Forget events a stopped job sent that never reached the log: they are holes again."""
+    async with conn.transaction():
+        await conn.execute(queries("jobs")["forget_backfilled"], {"event_ids": event_ids})

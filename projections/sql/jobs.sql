@@ -36,7 +36,17 @@ SELECT event_id FROM ops.event_log WHERE event_id = ANY(%(event_ids)s::text[])
 UNION
 SELECT event_id FROM ops.backfilled_events WHERE event_id = ANY(%(event_ids)s::text[])
 
--- name: record_backfilled
+-- name: sending_backfilled
+-- Marks events as sent before their produce starts: a resumed job looks for them in the log.
 INSERT INTO ops.backfilled_events (event_id, job_id)
 SELECT unnest(%(event_ids)s::text[]), %(job)s
 ON CONFLICT (event_id) DO NOTHING
+
+-- name: appended_backfilled
+UPDATE ops.backfilled_events SET appended = true WHERE event_id = ANY(%(event_ids)s::text[])
+
+-- name: unsettled_backfilled
+SELECT event_id, sent_at FROM ops.backfilled_events WHERE job_id = %(job)s AND NOT appended
+
+-- name: forget_backfilled
+DELETE FROM ops.backfilled_events WHERE event_id = ANY(%(event_ids)s::text[])

@@ -113,8 +113,10 @@ CREATE TABLE ops.family_pauses (
 CREATE TABLE ops.backfilled_events (
     event_id    text PRIMARY KEY,
     job_id      bigint NOT NULL,
-    appended_at timestamptz NOT NULL DEFAULT now()
+    sent_at     timestamptz NOT NULL DEFAULT now(),
+    appended    boolean NOT NULL DEFAULT false
 );
+CREATE INDEX backfilled_events_pending_idx ON ops.backfilled_events (job_id) WHERE NOT appended;
 
 CREATE TABLE ops.ties (
     "table"     text NOT NULL,

@@ -13,9 +13,11 @@ event created before ``--since``, and asks for the page just newer than its curs
 An event is ``known``, and not appended, when ``ops.event_log`` or an earlier backfill holds its
 id: deduplication is by event id, never by payload (Stripe renders an event at the API version
 of its creation, a webhook at the endpoint's, so one id can come in two shapes; the mirror keeps
-the copy the log held first). The job stores its cursor after each page, so ``--resume``
-continues after the last page appended; a crash between appending a page and storing the cursor
-appends that page again, whose copies the workers count as deliveries and apply once.
+the copy the log held first). Before a page's events are produced they are recorded as sent,
+and once Kafka acknowledged them as appended, with the cursor after the page: ``--resume``
+first reads the log's recent messages to learn which events sent by the stopped run reached it,
+then fetches the page after the stored cursor again, so nothing is skipped and nothing is
+appended twice.
 """
 
 from __future__ import annotations
@@ -27,12 +29,21 @@ from typing import Any
 
 from ingest.producer import EventLog
 from projections.database import connection, create_pool, database_errors
-from projections.jobs import known_events, record_backfilled, resume_job, start_job
-from streams.errors import InvalidEvent, StreamsError
+from projections.jobs import (
+    appended_backfilled,
+    forget_backfilled,
+    known_events,
+    resume_job,
+    sending_backfilled,
+    start_job,
+    unsettled_backfilled,
+)
+from streams.errors import CodecError, InvalidEvent, StreamsError
 from streams.jobs.running import Job, exit_code, running_job
 from streams.jobs.stripe_api import Item, StripeApi
-from streams.log.codec import encode_event
+from streams.log.codec import decode_event, encode_event
 from streams.log.envelope import EventEnvelope, EventSource
+from streams.log.scanning import scan_since
 from streams.settings import Settings
 
 KIND = "backfill"
@@ -72,6 +83,7 @@ async def backfill(settings: Settings, request: BackfillRequest) -> int:
     with database_errors(settings.database_url):
         await pool.open(wait=False)
     try:
+        resuming = request.resume is not None
         async with connection(pool) as conn:
             if request.resume is not None:
                 job = await resume_job(conn, request.resume, KIND)
@@ -84,6 +96,8 @@ async def backfill(settings: Settings, request: BackfillRequest) -> int:
         log = EventLog(settings)
         await log.start()
         try:
+            if resuming:
+                await _settle_unsettled(settings, pool, job.id)
             return await _run(pool, api, log, job, request)
         finally:
             await log.stop()
@@ -188,14 +202,45 @@ async def _append(
     async with connection(pool) as conn:
         known = await known_events(conn, [e.id for e in envelopes])
     fresh = [e for e in envelopes if e.id not in known]
+    ids = [e.id for e in fresh]
+    async with connection(pool) as conn:
+        await sending_backfilled(conn, job, ids)
     await log.append_all([(e.key, encode_event(e)) for e in fresh])
     async with connection(pool) as conn:
-        await record_backfilled(conn, job, [e.id for e in fresh])
+        await appended_backfilled(conn, ids)
     counts.pages += 1
     counts.appended += len(fresh)
     counts.known += len(envelopes) - len(fresh)
     counts.refused += refused
     await running.advance(len(envelopes), refused)
+
+
+async def _settle_unsettled(settings: Settings, pool: Any, job: int) -> None:
+    """Learn which events the stopped job was appending reached the log.
+
+    Those are appended; the others are forgotten, so the page they came from, fetched again
+    from the stored cursor, appends them once.
+    """
+    async with connection(pool) as conn:
+        unsettled = await unsettled_backfilled(conn, job)
+    if not unsettled:
+        return
+    reached: set[str] = set()
+
+    def visit(message: bytes) -> bool:
+        try:
+            event_id = decode_event(message).id
+        except CodecError:
+            return False
+        if event_id in unsettled:
+            reached.add(event_id)
+        return len(reached) == len(unsettled)
+
+    await scan_since(settings.kafka_bootstrap_servers, settings.topic(),
+                     min(unsettled.values()), visit)
+    async with connection(pool) as conn:
+        await appended_backfilled(conn, sorted(reached))
+        await forget_backfilled(conn, sorted(set(unsettled) - reached))
 
 
 def _estimate(running: Job, request: BackfillRequest, page: list[Item], start: datetime
