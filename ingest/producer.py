@@ -83,42 +83,26 @@ class EventLog:
             self._producer = None
 
     async def append(self, key: bytes, message: bytes) -> None:
-        """Append one encoded envelope and wait for Kafka's acknowledgement, at most the timeout.
+        """Append one encoded envelope and wait for Kafka's acknowledgement, at most the timeout."""
+        await self.append_all([(key, message)])
 
-        Queueing the event waits at most the producer's request timeout, which is the produce
-        timeout; the acknowledgement is awaited until the deadline by a timer on the loop
-        captured at start, as ``asyncio.timeout`` costs a getpid() call per use on Python 3.11.
+    async def append_all(self, messages: Sequence[tuple[bytes, bytes]]) -> None:
+        """Append ``(key, encoded envelope)`` pairs in order; return once Kafka acknowledged all.
+
+        Each is queued before the next, so events of one partition keep their order; queueing
+        waits at most the producer's request timeout, which is the produce timeout, and the
+        acknowledgements are awaited until the produce timeout after the call, by a timer on the
+        loop captured at start, as ``asyncio.timeout`` costs a getpid() call per use on Python
+        3.11.
         """
         producer, loop = self._producer, self._loop
         if producer is None or loop is None:
             raise LogUnavailable("the producer is not running")
         deadline = loop.time() + self._timeout
         try:
-            delivery = await producer.send(self.topic, message, key=key)
-            if not delivery.done():
-                await _until_done(loop, delivery, deadline)
-            if not delivery.done():
-                raise LogUnavailable(f"Kafka did not acknowledge within {self._timeout:g} s")
-            delivery.result()
-        except MessageSizeTooLargeError as exc:
-            raise EventTooLarge(f"Kafka refuses an event of {len(message)} bytes") from exc
-        except KafkaError as exc:
-            raise LogUnavailable(f"Kafka did not take the event: {exc!r}") from exc
-
-    async def append_all(self, messages: Sequence[tuple[bytes, bytes]]) -> None:
-        """Append ``(key, encoded envelope)`` pairs in order; return once Kafka acknowledged all.
-
-        Each is queued before the next, so events of one partition keep their order; the
-        acknowledgements are awaited together, at most the produce timeout after the last.
-        """
-        producer, loop = self._producer, self._loop
-        if producer is None or loop is None:
-            raise LogUnavailable("the producer is not running")
-        try:
             deliveries = [
                 await producer.send(self.topic, message, key=key) for key, message in messages
             ]
-            deadline = loop.time() + self._timeout
             for delivery in deliveries:
                 if not delivery.done():
                     await _until_done(loop, delivery, deadline)
@@ -126,9 +110,10 @@ class EventLog:
                     raise LogUnavailable(f"Kafka did not acknowledge within {self._timeout:g} s")
                 delivery.result()
         except MessageSizeTooLargeError as exc:
-            raise EventTooLarge(f"Kafka refuses an event for its size: {exc!r}") from exc
+            largest = max(len(message) for _, message in messages)
+            raise EventTooLarge(f"Kafka refuses an event of {largest} bytes") from exc
         except KafkaError as exc:
-            raise LogUnavailable(f"Kafka did not take the events: {exc!r}") from exc
+            raise LogUnavailable(f"Kafka did not take the event: {exc!r}") from exc
 
     async def reachable(self) -> bool:
         """Ask the cluster for its metadata, within the produce timeout.

@@ -312,24 +312,7 @@ async def record_events(
 ) -> None:
     if not records:
         return
-    events = [
-        {
-            "event_id": event.envelope.id,
-            "type": event.envelope.type,
-            "object_id": event.envelope.object_id,
-            "account": event.envelope.account,
-            "livemode": event.envelope.livemode,
-            "created": event.envelope.created,
-            "received_at": event.envelope.received_at,
-            "status": outcome.value,
-            "deliveries": count,
-            "source": event.envelope.source.value,
-            "topic": event.topic,
-            "partition": event.partition,
-            "offset": event.offset,
-        }
-        for event, outcome, count in records
-    ]
+    events = [_logged(event, outcome) | {"deliveries": count} for event, outcome, count in records]
     await conn.execute(
         queries("writer")["record_events"],
         {"family": family, "attempts": attempts, "events": _json(events)},
@@ -346,22 +329,7 @@ async def record_replayed(
     """
     if not records:
         return
-    events = [
-        {
-            "event_id": event.envelope.id,
-            "type": event.envelope.type,
-            "object_id": event.envelope.object_id,
-            "account": event.envelope.account,
-            "livemode": event.envelope.livemode,
-            "created": event.envelope.created,
-            "received_at": event.envelope.received_at,
-            "status": outcome.value,
-            "topic": event.topic,
-            "partition": event.partition,
-            "offset": event.offset,
-        }
-        for event, outcome, _ in records
-    ]
+    events = [_logged(event, outcome) for event, outcome, _ in records]
     await conn.execute(
         queries("writer")["record_replayed"], {"family": family, "events": _json(events)}
     )
@@ -376,6 +344,25 @@ async def record_ties(
     rows = [{"table": table, "object_id": object_id, "event_ids": sorted(event_ids)}
             for (table, object_id), event_ids in sorted(ties.items())]
     await conn.execute(queries("writer")["record_ties"], {"ties": _json(rows)})
+
+
+def _logged(event: ConsumedEvent, outcome: Outcome) -> dict[str, Any]:
+    """An event's ``ops.event_log`` columns, as the writer's JSON carries them."""
+    envelope = event.envelope
+    return {
+        "event_id": envelope.id,
+        "type": envelope.type,
+        "object_id": envelope.object_id,
+        "account": envelope.account,
+        "livemode": envelope.livemode,
+        "created": envelope.created,
+        "received_at": envelope.received_at,
+        "status": outcome.value,
+        "source": envelope.source.value,
+        "topic": event.topic,
+        "partition": event.partition,
+        "offset": event.offset,
+    }
 
 
 async def close_revived_dead_letters(

@@ -11,11 +11,12 @@ import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.log.codec import decode_event
+from streams.log.envelope import EventEnvelope
 from streams.settings import Settings
 from tests.integration.worker_support import environment
 
 
-async def _positions(settings: Settings) -> list[tuple[int, int, str]]:
+async def _read_log(settings: Settings) -> list[tuple[int, int, EventEnvelope]]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False
     )
@@ -27,20 +28,25 @@ async def _positions(settings: Settings) -> list[tuple[int, int, str]]:
         ends = await consumer.end_offsets(tps)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        found: list[tuple[int, int, str]] = []
+        found: list[tuple[int, int, EventEnvelope]] = []
         while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
             for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
                 found.extend(
-                    (tp.partition, r.offset, decode_event(r.value).id) for r in records if r.value
+                    (tp.partition, r.offset, decode_event(r.value)) for r in records if r.value
                 )
-        return sorted(found)
+        return sorted(found, key=lambda f: (f[0], f[1]))
     finally:
         await consumer.stop()
 
 
+def read_log(settings: Settings) -> list[tuple[int, int, EventEnvelope]]:
+    """Every envelope of ``<prefix>.events`` with its partition and offset, in log order."""
+    return asyncio.run(_read_log(settings))
+
+
 def log_positions(settings: Settings) -> list[tuple[int, int, str]]:
     """(partition, offset, event id) of every event in ``<prefix>.events``."""
-    return asyncio.run(_positions(settings))
+    return [(partition, offset, envelope.id) for partition, offset, envelope in read_log(settings)]
 
 
 def run_command(

@@ -16,14 +16,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from psycopg.types.json import Jsonb
 
 from streams.devtools.stripe_double import StripeDouble, generate_account
-from streams.log.codec import decode_event
 from streams.log.envelope import EventEnvelope, EventSource
 from streams.settings import Settings
-from tests.integration.log_support import query, run_command, start_command
+from tests.integration.log_support import query, read_log, run_command, start_command
 from tests.integration.worker_support import (
     WorkerProcess,
     logged_events,
@@ -59,31 +57,6 @@ def in_range(double: StripeDouble, connected: str | None = None) -> list[dict[st
     return [e for e in account() if e["created"] >= since and e.get("account") == connected]
 
 
-async def _logged(settings: Settings) -> list[tuple[int, int, EventEnvelope]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers,
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        await consumer._client.force_metadata_update()
-        tps = [TopicPartition(settings.topic(), p)
-               for p in consumer.partitions_for_topic(settings.topic()) or ()]
-        ends = await consumer.end_offsets(tps)
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        found = []
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            for tp, records in (await consumer.getmany(timeout_ms=1000)).items():
-                found.extend((tp.partition, r.offset, decode_event(r.value)) for r in records)
-        return sorted(found, key=lambda f: (f[0], f[1]))
-    finally:
-        await consumer.stop()
-
-
-def logged(settings: Settings) -> list[tuple[int, int, EventEnvelope]]:
-    """Every envelope of ``<prefix>.events`` with its partition and offset, in log order."""
-    return asyncio.run(_logged(settings))
-
-
 def summary(done: Any, row: str) -> str:
     found = re.search(rf"{re.escape(row)}\s*│\s*([^│]+?)\s*│", done.stdout + done.stderr)
     assert found, done.stdout + done.stderr
@@ -101,7 +74,7 @@ def test_a_backfill_appends_every_event_once_oldest_first_and_again_nothing(
     again = run_command(settings, tmp_path, "backfill", "--since", SINCE, **api(double))
 
     assert first.returncode == 0, first.stderr
-    log = logged(settings)
+    log = read_log(settings)
     ids = [envelope.id for _, _, envelope in log]
     assert Counter(ids) == Counter(e["id"] for e in expected)
     assert {envelope.source for _, _, envelope in log} == {EventSource.BACKFILL}
@@ -111,7 +84,7 @@ def test_a_backfill_appends_every_event_once_oldest_first_and_again_nothing(
     assert int(summary(first, "pages").replace(",", "")) >= len(expected) // 100
     assert again.returncode == 0, again.stderr
     assert summary(again, "appended (holes filled)") == "0"
-    assert len(logged(settings)) == len(expected)
+    assert len(read_log(settings)) == len(expected)
 
 
 def test_faults_of_stripes_api_are_retried_and_counted(
@@ -125,7 +98,7 @@ def test_faults_of_stripes_api_are_retried_and_counted(
     done = run_command(settings, tmp_path, "backfill", "--since", SINCE, **api(double))
 
     assert done.returncode == 0, done.stderr
-    assert Counter(e.id for _, _, e in logged(settings)) == Counter(
+    assert Counter(e.id for _, _, e in read_log(settings)) == Counter(
         e["id"] for e in in_range(double))
     retries = summary(done, "retries")
     assert "3 429" in retries and "2 5xx" in retries and "1 connection" in retries, retries
@@ -143,7 +116,7 @@ def test_types_and_a_connected_account_select_their_events(
     assert done.returncode == 0, done.stderr
     expected = [e for e in in_range(double, "acct_1Connected")
                 if e["type"] in ("customer.created", "invoice.paid")]
-    log = [envelope for _, _, envelope in logged(settings)]
+    log = [envelope for _, _, envelope in read_log(settings)]
     assert expected and sorted(e.id for e in log) == sorted(e["id"] for e in expected)
     assert {e.account for e in log} == {"acct_1Connected"}
 
@@ -168,7 +141,7 @@ def test_a_backfill_killed_and_resumed_appends_every_event_once(
     resumed = run_command(settings, tmp_path, "backfill", "--resume", str(job), **api(double))
 
     assert resumed.returncode == 0, resumed.stderr
-    assert Counter(e.id for _, _, e in logged(settings)) == Counter(
+    assert Counter(e.id for _, _, e in read_log(settings)) == Counter(
         e["id"] for e in in_range(double))
 
 
@@ -196,7 +169,7 @@ def test_events_a_stopped_backfill_was_appending_are_appended_once_on_resume(
     resumed = run_command(settings, tmp_path, "backfill", "--resume", str(job), **api(double))
 
     assert resumed.returncode == 0, resumed.stderr
-    assert Counter(e.id for _, _, e in logged(settings)) == Counter(e["id"] for e in expected)
+    assert Counter(e.id for _, _, e in read_log(settings)) == Counter(e["id"] for e in expected)
     assert query(settings.database_url, "SELECT count(*) FROM ops.backfilled_events "
                                         "WHERE NOT appended") == [(0,)]
 
