@@ -74,7 +74,7 @@ class StripeApi:
                 response = await asyncio.to_thread(
                     self._client.raw_request, "get", path, **params
                 )
-                data: dict[str, Any] = orjson.loads(response.body)
+                data: dict[str, Any] = response.data
                 return data
             except stripe.RateLimitError as exc:
                 cause, wait = "429", _retry_after(exc)
