@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -128,12 +129,34 @@ class Backlog:
     outcomes: dict[str, int] = field(default_factory=dict)
 
 
-def lifecycle_events(count: int, seed: int) -> list[dict[str, Any]]:
+def lifecycle_events(
+    count: int, seed: int, periods: int = 2, concurrent: int = 1
+) -> list[dict[str, Any]]:
+    return list(itertools.islice(lifecycle_stream(seed, periods, concurrent), count))
+
+
+def lifecycle_stream(
+    seed: int, periods: int = 2, concurrent: int = 1
+) -> Iterator[dict[str, Any]]:
+    """Endless customer lifecycles of ``periods`` billing periods each.
+
+    With ``concurrent`` above 1 that many customers live at once, as in a real account: each
+    next event comes from one of them picked at random, so the events of one object lie far
+    apart in the log (a new customer takes the place of one whose life ended).
+    """
     factory = EventFactory(seed=seed)
-    events: list[dict[str, Any]] = []
-    while len(events) < count:
-        events.extend(factory.customer_lifecycle(periods=2))
-    return events[:count]
+    if concurrent <= 1:
+        while True:
+            yield from factory.customer_lifecycle(periods=periods)
+    pick = random.Random(seed)
+    lives = [factory.customer_lifecycle(periods=periods) for _ in range(concurrent)]
+    while True:
+        n = pick.randrange(concurrent)
+        event = next(lives[n], None)
+        if event is None:
+            lives[n] = factory.customer_lifecycle(periods=periods)
+            continue
+        yield event
 
 
 def envelope_of(event: dict[str, Any]) -> EventEnvelope:
@@ -307,11 +330,15 @@ def cpu_ticks(roles: Mapping[str, Sequence[int]]) -> dict[str, int]:
     return ticks
 
 
-def start(command: Sequence[str], env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
+def start(
+    command: Sequence[str], env: dict[str, str], log_name: str,
+    launcher: Sequence[str] = ("-m", "streams.cli"),
+) -> subprocess.Popen[bytes]:
+    """Start ``python <launcher> <command>`` (``stripe-streams <command>`` by default)."""
     LOG_DIR.mkdir(exist_ok=True)
     with (LOG_DIR / log_name).open("wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", *command], env=env, stdout=log,
+            [sys.executable, *launcher, *command], env=env, stdout=log,
             stderr=subprocess.STDOUT,
         )
 
@@ -535,22 +562,29 @@ async def practical_limit(settings: Settings, total: int, batch: int) -> Fill:
     return Fill(int(0.8 * total), marks[0.9] - marks[0.1], 0.0, busy_cores_since(cpu_before))
 
 
-def signed_requests(events: Sequence[dict[str, Any]]) -> list[bytes]:
-    requests = []
-    for event in events:
-        body = json.dumps(event).encode()
-        head = (
-            "POST /webhooks/stripe HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            "Content-Type: application/json\r\n"
-            f"Stripe-Signature: {signature_header(body, SECRET)}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        )
-        requests.append(head.encode() + body)
-    return requests
+def signed_requests(events: Iterable[dict[str, Any]]) -> list[bytes]:
+    return [signed_request(json.dumps(event).encode()) for event in events]
 
 
-async def offer(port: int, requests: Sequence[bytes], rate: float, connections: int) -> int:
-    """Send the requests at a fixed rate over keep-alive connections; return how many got 200."""
+def signed_request(body: bytes) -> bytes:
+    """The HTTP request of a webhook of ``body``, signed now."""
+    head = (
+        "POST /webhooks/stripe HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/json\r\n"
+        f"Stripe-Signature: {signature_header(body, SECRET)}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def offer(
+    port: int, requests: Sequence[bytes], rate: float, connections: int,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Send the requests at a fixed rate over keep-alive connections; return how many got 200.
+
+    Once ``stop`` is set, no further request is sent.
+    """
     start_at = time.perf_counter() + 0.2
     queue = iter(range(len(requests)))
     accepted = 0
@@ -563,6 +597,8 @@ async def offer(port: int, requests: Sequence[bytes], rate: float, connections: 
                 delay = start_at + n / rate - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                if stop is not None and stop.is_set():
+                    break
                 writer.write(requests[n])
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = next(
