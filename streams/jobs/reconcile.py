@@ -5,9 +5,9 @@ its mirror row. A row that is missing, marked deleted, or holds other content ge
 event appended to ``<prefix>.events``, of type ``<object's event prefix>.reconciled``
 (``customer.reconciled``, ``customer.subscription.reconciled``) with the object as Stripe
 returned it and ``source = reconcile``, so the workers repair the row by the normal path and
-the repair is auditable in ``ops.event_log``. The event is created at the second the page was fetched: an
-event Stripe emits for a later change is newer and wins, and a row whose newest event is as
-new as the page is left alone (counted as changing), never made older.
+the repair is auditable in ``ops.event_log``. The event is created at the second the page was
+fetched: an event Stripe emits for a later change is newer and wins, and a row whose newest
+event is as new as the page is left alone (counted as changing), never made older.
 
 ``--ties`` fetches exactly the objects the workers recorded in ``ops.ties`` (two events of the
 object created in the same second, whose order no rule can tell) and repairs them the same way.
