@@ -37,7 +37,7 @@ SINCE = (datetime.now(UTC) - timedelta(days=29)).isoformat()
 @cache
 def account() -> list[dict[str, Any]]:
     """The events of the account the double serves, the connected account's among them."""
-    return generate_account(2500, seed=41, accounts=("acct_1Connected",))
+    return generate_account(6000, seed=41, accounts=("acct_1Connected",))
 
 
 @pytest.fixture
