@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/replay.py [--events 500000] [--repeats 3] [--periods 12]
                                      [--open 2000] [--rate 1000] [--duration SECONDS]
-                                     [--latency-repeats 1] [--profile FILE]
+                                     [--latency-repeats 1] [--rebuild-timeout 1800]
+                                     [--profile FILE]
 
 Uses the Kafka broker of KAFKA_BOOTSTRAP_SERVERS and the PostgreSQL server of DATABASE_URL,
 with a fresh topic prefix and a fresh, migrated database (both dropped afterwards).
@@ -31,13 +32,14 @@ with a fresh topic prefix and a fresh, migrated database (both dropped afterward
 * live: the gateway and one worker run on the same log (the worker's group starts at its
   end, the live tables holding what the last rebuild switched in), ``--rate`` signed webhooks
   per second are offered for ``--duration`` seconds (default: the median rebuild time
-  above), then at the same rate for as long as a rebuild takes; received-to-projected latency
-  (``ops.event_log.processed_at - received_at`` of the events offered in each window) without
-  and during the rebuild, the rebuild's job row, the rows it switched in, and whether every
-  event applied live is in the switched tables.
+  above), then at the same rate for as long as a rebuild takes (``--rebuild-timeout``
+  stops one that does not catch up with the live log); received-to-projected latency
+  (``ops.event_log.processed_at - received_at`` of the events the gateway received in each
+  window, and the worst 10 s of it) without and during the rebuild, the rebuild's job row,
+  the rows of the tables it left, and whether every event applied live is in them.
 
 ``--profile FILE`` adds one rebuild under cProfile (not counted) and prints where its time goes.
-``busy cores`` says how loaded the whole machine was (2.00 = both cores of this machine).
+``busy cores`` says how loaded the whole machine was (2.00 = two cores fully busy).
 """
 
 from __future__ import annotations
@@ -126,7 +128,7 @@ class Run:
     own_seconds: float = 0.0
     """The job's own time: the job row's start to finish, or the loader's from its connection."""
     peak_at: float = 0.0
-    """Seconds from the start to the largest resident memory sampled."""
+    """Seconds from the start to the last rise of the peak resident memory."""
     details: dict[str, Any] = field(default_factory=dict)
 
     @property
