@@ -243,7 +243,7 @@ def run_job(
     after = cpu_ticks(roles)
     spent = {role: (after[role] - ticks[role]) / hertz for role in ("double", "broker")}
     if spent["broker"] < 0:
-        # A broker process (another engineer's second broker) ended during the run and took
+        # A broker process (a second broker on the same machine) ended during the run and took
         # its ticks with it: the broker's figure is unknown.
         spent["broker"] = math.nan
     run = Run(
