@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CLI := $(BIN)/stripe-streams
 STAMP := $(VENV)/.installed
 
-.PHONY: install services migrate test unit lint demo down clean
+.PHONY: install services migrate test unit lint demo dashboard down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ test: migrate lint
 
 demo: migrate
 	$(BIN)/python -m streams.devtools.demo
+
+dashboard: install
+	$(BIN)/python -m streams.devtools.dashboard --write
 
 down:
 	$(CLI) services down
