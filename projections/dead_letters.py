@@ -13,7 +13,15 @@ from psycopg.types.json import Jsonb
 
 from projections.database import queries
 from projections.plan import EventRecord
-from projections.writer import advance_positions, count_stats, lock_positions, record_events
+from projections.writer import (
+    Stage,
+    advance_positions,
+    count_stats,
+    lock_positions,
+    record_events,
+    record_trail,
+    trail_row,
+)
 from streams.log.codec import decode_dead_letter, encode_dead_letter
 from streams.log.consumed import ConsumedEvent, Outcome
 from streams.log.envelope import DeadLetter, EventEnvelope
@@ -75,6 +83,11 @@ async def record_dead_letter(
             return None
         records: list[EventRecord] = [(event, Outcome.DEAD_LETTERED, 1)]
         await record_events(conn, family, records, attempts=letter.attempts)
+        await record_trail(conn, [trail_row(
+            event, Stage.DEAD_LETTERED, 1,
+            f"{letter.error_type}: {letter.error_message} (in {letter.handler}, after "
+            f"{letter.attempts} attempt{'' if letter.attempts == 1 else 's'})",
+        )])
         await count_stats(conn, family, records)
         if projection is not None:
             await advance_positions(conn, projection, [event])

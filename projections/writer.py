@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from functools import cache
 from typing import Any
@@ -21,10 +22,12 @@ from psycopg.errors import ProgramLimitExceeded
 from psycopg.types.json import Json
 
 from projections.database import queries
+from projections.latency import BOUNDS_MS
 from projections.plan import BatchPlan, Candidate, EventRecord, dumps
 from streams.errors import StreamsError
 from streams.handlers.registry import HandlerRegistry
 from streams.log.consumed import AppliedEvent, BatchRejected, ConsumedEvent, Outcome
+from streams.log.envelope import EventSource
 
 MIRROR_SCHEMA = "stripe"
 COMMON_COLUMNS = (
@@ -157,7 +160,11 @@ async def _apply(
     )
     looking_up = (
         await conn.execute(
-            queries("writer")["logged_events"], {"event_ids": [e.envelope.id for e in events]}
+            queries("writer")["logged_events"],
+            {
+                "event_ids": [e.envelope.id for e in events],
+                "created": [e.envelope.created for e in events],
+            },
         )
         if projecting.audit is not Audit.NONE else None
     )
@@ -184,10 +191,18 @@ async def _apply(
     await _mark_removed_children(conn, projecting.schema, plan.candidates)
     if projecting.audit is Audit.LIVE:
         await record_events(conn, family, [*records, *plan.duplicates], attempts=attempts)
+        await record_trail(conn, [
+            *(_delivered(event, outcome, count, logged) for event, outcome, count in records),
+            *(trail_row(event, Stage.DUPLICATE, count, outcome.value)
+              for event, outcome, count in plan.duplicates),
+        ])
         await count_stats(conn, family, records)
         await record_ties(conn, plan.ties)
     elif projecting.audit is Audit.REPLAY:
         await record_replayed(conn, family, records)
+        await record_trail(conn, [
+            trail_row(event, Stage.REPLAYED, 1, outcome.value) for event, outcome, _ in records
+        ])
     if projecting.audit is not Audit.NONE:
         await close_revived_dead_letters(conn, records, logged)
     if projecting.positions is not None:
@@ -346,6 +361,58 @@ async def record_ties(
     await conn.execute(queries("writer")["record_ties"], {"ties": _json(rows)})
 
 
+class Stage(StrEnum):
+    """A stage of an event in ``ops.event_trail`` (how it was received, logged and routed
+    ``ops.event_log`` says)."""
+
+    APPLIED = "applied"
+    STALE = "stale"
+    UNHANDLED = "unhandled"
+    DUPLICATE = "duplicate"
+    DEAD_LETTERED = "dead_lettered"
+    RETRIED = "retried"
+    REPLAYED = "replayed"
+    RESOLVED = "resolved"
+
+
+_FIRST_STAGES = {
+    Outcome.PROCESSED: Stage.APPLIED,
+    Outcome.STALE: Stage.STALE,
+    Outcome.UNHANDLED: Stage.UNHANDLED,
+    Outcome.DEAD_LETTERED: Stage.DEAD_LETTERED,
+}
+
+
+def trail_row(
+    event: ConsumedEvent, stage: Stage, deliveries: int = 1, detail: str | None = None
+) -> dict[str, Any]:
+    """One ``ops.event_trail`` row: what happened to a delivery of ``event``."""
+    return {
+        "event_id": event.envelope.id,
+        "stage": stage.value,
+        "source": event.envelope.source.value,
+        "topic": event.topic,
+        "partition": event.partition,
+        "offset": event.offset,
+        "deliveries": deliveries,
+        "detail": detail,
+    }
+
+
+def _delivered(
+    event: ConsumedEvent, outcome: Outcome, deliveries: int, logged: Mapping[str, str]
+) -> dict[str, Any]:
+    """The trail row of a projected event: another attempt if it had been dead-lettered."""
+    if logged.get(event.envelope.id) == Outcome.DEAD_LETTERED:
+        return trail_row(event, Stage.RETRIED, deliveries, outcome.value)
+    return trail_row(event, _FIRST_STAGES[outcome], deliveries)
+
+
+async def record_trail(conn: AsyncConnection[Any], rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(queries("writer")["record_trail"], {"trail": _json(rows)})
+
+
 def _logged(event: ConsumedEvent, outcome: Outcome) -> dict[str, Any]:
     """An event's ``ops.event_log`` columns, as the writer's JSON carries them."""
     envelope = event.envelope
@@ -362,6 +429,9 @@ def _logged(event: ConsumedEvent, outcome: Outcome) -> dict[str, Any]:
         "topic": event.topic,
         "partition": event.partition,
         "offset": event.offset,
+        "endpoint": envelope.endpoint,
+        "log_partition": event.log_partition,
+        "log_offset": event.log_offset,
     }
 
 
@@ -382,6 +452,7 @@ async def close_revived_dead_letters(
 async def count_stats(
     conn: AsyncConnection[Any], family: str, records: Sequence[EventRecord]
 ) -> None:
+    """Count the events of each minute, type and status, and each endpoint's newest webhook."""
     if not records:
         return
     events = [
@@ -393,8 +464,27 @@ async def count_stats(
         for event, outcome, _ in records
     ]
     await conn.execute(
-        queries("writer")["count_stats"], {"family": family, "events": _json(events)}
+        queries("writer")["count_stats"],
+        {"family": family, "events": _json(events), "bounds": list(BOUNDS_MS)},
     )
+    newest: dict[str, datetime] = {}
+    for event, _, _ in records:
+        envelope = event.envelope
+        if envelope.source is not EventSource.WEBHOOK:
+            continue
+        known = newest.get(envelope.endpoint)
+        if known is None or envelope.received_at > known:
+            newest[envelope.endpoint] = envelope.received_at
+    if newest:
+        await conn.execute(
+            queries("writer")["record_endpoints"],
+            {
+                "family": family,
+                "endpoints": _json(
+                    [{"endpoint": e, "received_at": at} for e, at in sorted(newest.items())]
+                ),
+            },
+        )
 
 
 async def _written_columns(

@@ -206,6 +206,12 @@ class Settings:
         "STRIPE_API_KEY", None, "Secret key for backfill from Stripe's Events API.",
         _optional_secret,
     )
+    monitor_token: Secret | None = setting(
+        "STRIPE_STREAMS_MONITOR_TOKEN", None,
+        "Bearer token of the monitoring API; 'monitor' refuses to start without one (unless "
+        "--insecure-no-auth on a loopback address).",
+        _optional_secret,
+    )
     stripe_api_base: str | None = setting(
         "STRIPE_API_BASE", None, "Base URL of Stripe's API (a local double in tests).",
         _optional_text,
@@ -348,6 +354,12 @@ class Settings:
         "Retention of the family topics, which are derived from the log, milliseconds; -1: "
         "forever.",
         _retention,
+    )
+    event_log_retention_months: int = setting(
+        "STRIPE_STREAMS_EVENT_LOG_RETENTION_MONTHS", 0,
+        "Whole months before the current one that ops.event_log and ops.event_trail keep; "
+        "older monthly partitions are dropped. 0 keeps every month.",
+        _non_negative_int,
     )
     stripe_rate: float = setting(
         "STRIPE_STREAMS_STRIPE_RATE", 20.0,

@@ -24,6 +24,7 @@ import pytest
 from psycopg import sql
 
 from projections.migrations import migrate
+from projections.partitions import maintain
 from streams.devtools.services import LocalServices
 from streams.devtools.services.kafka import LocalKafka, free_port_pair
 from streams.devtools.services.postgres import LocalPostgres
@@ -94,6 +95,8 @@ def migrated_template(postgres_admin_url: str) -> Iterator[str]:
     with psycopg.connect(postgres_admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     migrate(_with_database(postgres_admin_url, name))
+    # As 'stripe-streams migrate' does: tests write to this month's partitions, not the default.
+    maintain(_with_database(postgres_admin_url, name))
     yield name
     _drop_database(postgres_admin_url, name)
 

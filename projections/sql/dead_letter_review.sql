@@ -22,9 +22,18 @@ FROM ops.dead_letters
 WHERE id = %(id)s
 
 -- name: resolve_dead_letter
-UPDATE ops.dead_letters SET status = 'resolved', note = %(note)s, updated_at = now()
-WHERE id = %(id)s AND status <> 'resolved'
-RETURNING id
+-- The event's audit trail keeps the operator's note.
+WITH resolved AS (
+    UPDATE ops.dead_letters SET status = 'resolved', note = %(note)s, updated_at = now()
+    WHERE id = %(id)s AND status <> 'resolved'
+    RETURNING id, event_id, source_topic, source_partition, source_offset
+), trail AS (
+    INSERT INTO ops.event_trail (event_id, at, stage, topic, "partition", "offset", detail)
+    SELECT event_id, clock_timestamp(), 'resolved', source_topic, source_partition,
+           source_offset, %(note)s
+    FROM resolved
+)
+SELECT id FROM resolved
 
 -- name: retry_selection
 -- The open dead letters a retry takes: the ids given, those of one type, or all.

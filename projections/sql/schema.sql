@@ -7,30 +7,62 @@
 CREATE SCHEMA IF NOT EXISTS ops;
 
 CREATE TABLE ops.event_log (
-    event_id     text PRIMARY KEY,
-    type         text NOT NULL,
-    family       text NOT NULL,
-    object_id    text NOT NULL,
-    account      text,
-    livemode     boolean NOT NULL,
-    created      timestamptz NOT NULL,
-    received_at  timestamptz NOT NULL,
-    processed_at timestamptz,
-    status       text NOT NULL
+    event_id      text NOT NULL,
+    type          text NOT NULL,
+    family        text NOT NULL,
+    object_id     text NOT NULL,
+    account       text,
+    livemode      boolean NOT NULL,
+    created       timestamptz NOT NULL,
+    received_at   timestamptz NOT NULL,
+    processed_at  timestamptz,
+    status        text NOT NULL
         CHECK (status IN ('processed', 'stale', 'unhandled', 'dead_lettered')),
-    deliveries   integer NOT NULL DEFAULT 1 CHECK (deliveries >= 1),
-    attempts     integer NOT NULL DEFAULT 1 CHECK (attempts >= 1),
-    source       text NOT NULL
+    deliveries    integer NOT NULL DEFAULT 1 CHECK (deliveries >= 1),
+    attempts      integer NOT NULL DEFAULT 1 CHECK (attempts >= 1),
+    source        text NOT NULL
         CHECK (source IN ('webhook', 'backfill', 'replay', 'dlq_retry', 'reconcile')),
-    topic        text NOT NULL,
-    "partition"  integer NOT NULL,
-    "offset"     bigint NOT NULL
-);
--- The audit trail looks events up by object; the performance view scans recent events by type.
+    topic         text NOT NULL,
+    "partition"   integer NOT NULL,
+    "offset"      bigint NOT NULL,
+    endpoint      text,
+    log_partition integer,
+    log_offset    bigint,
+    -- Partitioned by the event's own created time, which every copy of an event carries.
+    CONSTRAINT event_log_pkey PRIMARY KEY (event_id, created)
+) PARTITION BY RANGE (created);
+-- Monthly partitions are created ahead by projections/partitions.py; this one takes the rest.
+CREATE TABLE ops.event_log_default PARTITION OF ops.event_log DEFAULT;
+-- The audit trail looks events up by id and by object; the overview finds the oldest event
+-- still dead-lettered.
 CREATE INDEX event_log_object_idx ON ops.event_log (object_id, created);
-CREATE INDEX event_log_type_processed_idx ON ops.event_log (type, processed_at);
-CREATE INDEX event_log_processed_idx ON ops.event_log (processed_at);
-CREATE INDEX event_log_status_idx ON ops.event_log (status) WHERE status <> 'processed';
+CREATE INDEX event_log_status_idx ON ops.event_log (status, received_at)
+    WHERE status <> 'processed';
+
+-- Every stage of an event after its first delivery reached a family agent, one row each.
+CREATE TABLE ops.event_trail (
+    event_id    text NOT NULL,
+    at          timestamptz NOT NULL,
+    stage       text NOT NULL CHECK (stage IN (
+        'applied', 'stale', 'unhandled', 'duplicate', 'dead_lettered', 'retried', 'replayed',
+        'resolved'
+    )),
+    source      text,
+    topic       text,
+    "partition" integer,
+    "offset"    bigint,
+    deliveries  integer NOT NULL DEFAULT 1,
+    detail      text
+) PARTITION BY RANGE (at);
+CREATE TABLE ops.event_trail_default PARTITION OF ops.event_trail DEFAULT;
+CREATE INDEX event_trail_event_idx ON ops.event_trail (event_id, at);
+
+CREATE TABLE ops.endpoint_activity (
+    endpoint         text NOT NULL,
+    family           text NOT NULL,
+    last_received_at timestamptz NOT NULL,
+    PRIMARY KEY (endpoint, family)
+);
 
 CREATE TABLE ops.dead_letters (
     id               bigserial PRIMARY KEY,
@@ -99,6 +131,8 @@ CREATE TABLE ops.event_stats (
     events       bigint NOT NULL DEFAULT 0,
     lag_ms_total double precision NOT NULL DEFAULT 0,
     lag_ms_max   double precision NOT NULL DEFAULT 0,
+    -- Counts per latency bucket (bounds in projections/latency.py).
+    lag_buckets  bigint[] NOT NULL DEFAULT '{}',
     PRIMARY KEY (minute, family, type, status)
 );
 CREATE INDEX event_stats_type_idx ON ops.event_stats (type, minute);

@@ -21,7 +21,10 @@ FROM unnest(%(topics)s::text[], %(partitions)s::int[], %(offsets)s::bigint[]) AS
 WHERE p.projection = %(projection)s AND p.topic = t.topic AND p."partition" = t.part
 
 -- name: logged_events
-SELECT event_id, status FROM ops.event_log WHERE event_id = ANY(%(event_ids)s::text[])
+-- By id and created, the event log's partition key, so each lookup reads one month.
+SELECT l.event_id, l.status
+FROM unnest(%(event_ids)s::text[], %(created)s::bigint[]) AS k(event_id, created)
+JOIN ops.event_log AS l ON l.event_id = k.event_id AND l.created = to_timestamp(k.created)
 
 -- name: record_events
 -- A known event id only counts another delivery, unless it was dead-lettered: then this
@@ -29,18 +32,20 @@ SELECT event_id, status FROM ops.event_log WHERE event_id = ANY(%(event_ids)s::t
 -- the clock at the end of the batch's writes, not the start of its transaction.
 INSERT INTO ops.event_log AS l (
     event_id, type, family, object_id, account, livemode, created, received_at, processed_at,
-    status, deliveries, attempts, source, topic, "partition", "offset"
+    status, deliveries, attempts, source, topic, "partition", "offset", endpoint, log_partition,
+    log_offset
 )
 SELECT e.event_id, e.type, %(family)s, e.object_id, e.account, e.livemode,
        to_timestamp(e.created), e.received_at, clock_timestamp(), e.status, e.deliveries,
-       %(attempts)s, e.source, e.topic, e."partition", e."offset"
+       %(attempts)s, e.source, e.topic, e."partition", e."offset", e.endpoint, e.log_partition,
+       e.log_offset
 FROM json_to_recordset(%(events)s::json) AS e(
     event_id text, type text, object_id text, account text, livemode boolean, created bigint,
     received_at timestamptz, status text, deliveries int, source text, topic text,
-    "partition" int, "offset" bigint
+    "partition" int, "offset" bigint, endpoint text, log_partition int, log_offset bigint
 )
 ORDER BY e.event_id
-ON CONFLICT (event_id) DO UPDATE SET
+ON CONFLICT (event_id, created) DO UPDATE SET
     deliveries = l.deliveries + excluded.deliveries,
     status = CASE WHEN l.status = 'dead_lettered' THEN excluded.status ELSE l.status END,
     attempts = CASE WHEN l.status = 'dead_lettered' THEN excluded.attempts ELSE l.attempts END,
@@ -57,17 +62,19 @@ ON CONFLICT (event_id) DO UPDATE SET
 -- deliveries stay as they were.
 INSERT INTO ops.event_log AS l (
     event_id, type, family, object_id, account, livemode, created, received_at, processed_at,
-    status, deliveries, attempts, source, topic, "partition", "offset"
+    status, deliveries, attempts, source, topic, "partition", "offset", endpoint, log_partition,
+    log_offset
 )
 SELECT e.event_id, e.type, %(family)s, e.object_id, e.account, e.livemode,
        to_timestamp(e.created), e.received_at, clock_timestamp(), e.status, 1, 1, 'replay',
-       e.topic, e."partition", e."offset"
+       e.topic, e."partition", e."offset", e.endpoint, e.log_partition, e.log_offset
 FROM json_to_recordset(%(events)s::json) AS e(
     event_id text, type text, object_id text, account text, livemode boolean, created bigint,
-    received_at timestamptz, status text, topic text, "partition" int, "offset" bigint
+    received_at timestamptz, status text, topic text, "partition" int, "offset" bigint,
+    endpoint text, log_partition int, log_offset bigint
 )
 ORDER BY e.event_id
-ON CONFLICT (event_id) DO UPDATE SET
+ON CONFLICT (event_id, created) DO UPDATE SET
     source = CASE WHEN excluded.status = 'processed' THEN 'replay' ELSE l.source END,
     processed_at = CASE WHEN excluded.status = 'processed' THEN excluded.processed_at
                         ELSE l.processed_at END,
@@ -87,20 +94,58 @@ UPDATE ops.dead_letters SET status = 'retried', updated_at = now()
 WHERE event_id = ANY(%(event_ids)s::text[]) AND status = 'open'
 
 -- name: count_stats
-INSERT INTO ops.event_stats AS s (minute, family, type, status, events, lag_ms_total, lag_ms_max)
-SELECT date_trunc('minute', now()), %(family)s, e.type, e.status, count(*), sum(e.lag_ms),
-       max(e.lag_ms)
-FROM (
+-- Per type and status: events, latency total and maximum, and counts per latency bucket
+-- (width_bucket over the bounds numbers them 1..n, the last one open-ended).
+WITH lags AS (
     SELECT u.type, u.status,
            greatest(0, extract(epoch FROM clock_timestamp() - u.received_at) * 1000) AS lag_ms
     FROM json_to_recordset(%(events)s::json) AS u(type text, status text, received_at timestamptz)
-) AS e
-GROUP BY e.type, e.status
-ORDER BY e.type, e.status
+), grouped AS (
+    SELECT type, status, count(*) AS events, sum(lag_ms) AS total, max(lag_ms) AS slowest,
+           array_agg(width_bucket(lag_ms, %(bounds)s::float8[])) AS buckets
+    FROM lags
+    GROUP BY type, status
+)
+INSERT INTO ops.event_stats AS s (
+    minute, family, type, status, events, lag_ms_total, lag_ms_max, lag_buckets
+)
+SELECT date_trunc('minute', now()), %(family)s, g.type, g.status, g.events, g.total, g.slowest,
+       h.counts
+FROM grouped AS g
+CROSS JOIN LATERAL (
+    SELECT array_agg(coalesce(c.n, 0) ORDER BY i.i) AS counts
+    FROM generate_series(1, cardinality(%(bounds)s::float8[])) AS i(i)
+    LEFT JOIN (SELECT b, count(*) AS n FROM unnest(g.buckets) AS b GROUP BY b) AS c ON c.b = i.i
+) AS h
+ORDER BY g.type, g.status
 ON CONFLICT (minute, family, type, status) DO UPDATE SET
     events = s.events + excluded.events,
     lag_ms_total = s.lag_ms_total + excluded.lag_ms_total,
-    lag_ms_max = greatest(s.lag_ms_max, excluded.lag_ms_max)
+    lag_ms_max = greatest(s.lag_ms_max, excluded.lag_ms_max),
+    lag_buckets = ARRAY(
+        SELECT coalesce(a, 0) + coalesce(b, 0)
+        FROM unnest(s.lag_buckets, excluded.lag_buckets) WITH ORDINALITY AS u(a, b, i)
+        ORDER BY u.i
+    )
+
+-- name: record_trail
+INSERT INTO ops.event_trail (
+    event_id, at, stage, source, topic, "partition", "offset", deliveries, detail
+)
+SELECT t.event_id, clock_timestamp(), t.stage, t.source, t.topic, t."partition", t."offset",
+       t.deliveries, t.detail
+FROM json_to_recordset(%(trail)s::json) AS t(
+    event_id text, stage text, source text, topic text, "partition" int, "offset" bigint,
+    deliveries int, detail text
+)
+
+-- name: record_endpoints
+INSERT INTO ops.endpoint_activity AS a (endpoint, family, last_received_at)
+SELECT e.endpoint, %(family)s, e.received_at
+FROM json_to_recordset(%(endpoints)s::json) AS e(endpoint text, received_at timestamptz)
+ORDER BY e.endpoint
+ON CONFLICT (endpoint, family) DO UPDATE SET
+    last_received_at = greatest(a.last_received_at, excluded.last_received_at)
 
 -- name: record_dead_letter
 -- One row per failing event: an event that fails again (a retry, a replay, another copy of

@@ -18,8 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
-    """Apply pending SQL migrations."""
+    """Apply pending SQL migrations, then create the monthly partitions ahead."""
     from projections.migrations import migrate
+    from projections.partitions import maintain
     from streams.outages import POSTGRES
     from streams.worker.settling import RetryPolicy, patiently
 
@@ -33,4 +34,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     for migration in applied:
         console.print(f"applied {migration.name}")
     console.print(f"{len(applied)} migration(s) applied; schema is up to date")
+    done = maintain(settings.database_url, retention_months=settings.event_log_retention_months)
+    if done is not None:
+        for name in done.created:
+            console.print(f"created partition ops.{name}")
+        for name in done.dropped:
+            console.print(f"dropped partition ops.{name} (older than the retention)")
     return 0

@@ -43,21 +43,22 @@ def encode_log_position(partition: int, offset: int) -> bytes:
     return _POSITION.pack(partition, offset)
 
 
-def log_offset_in(headers: Iterable[tuple[str, bytes]] | None) -> int | None:
-    """The log offset a forwarded message's headers carry, or None if they carry none."""
+def log_position_in(headers: Iterable[tuple[str, bytes]] | None) -> tuple[int, int] | None:
+    """The log partition and offset a forwarded message's headers carry, or None."""
     for name, value in headers or ():
         if name == LOG_POSITION_HEADER and len(value) == _POSITION.size:
-            return int(_POSITION.unpack(value)[1])
+            partition, offset = _POSITION.unpack(value)
+            return int(partition), int(offset)
     return None
 
 
 @dataclass(frozen=True, slots=True)
 class ConsumedEvent:
-    """An envelope, the coordinates it was consumed at, and its offset in the log.
+    """An envelope, the coordinates it was consumed at, and its position in the log.
 
-    ``log_offset`` is the event's position in ``<prefix>.events``: for an event read from a
-    family's topic, the one its router header carries (None for a message forwarded before
-    routers added it, which then falls back to its own offset).
+    ``log_partition`` and ``log_offset`` are the event's position in ``<prefix>.events``: for
+    an event read from a family's topic, the one its router header carries (None for a message
+    forwarded before routers added it, which then falls back to its own offset).
     """
 
     envelope: EventEnvelope
@@ -65,6 +66,7 @@ class ConsumedEvent:
     partition: int
     offset: int
     log_offset: int | None = None
+    log_partition: int | None = None
 
     @property
     def version(self) -> tuple[int, int]:
@@ -128,8 +130,11 @@ def decode_consumed(
         envelope = decode_event(value or b"")
     except CodecError as exc:
         return exc
-    log_offset = offset if in_log else log_offset_in(headers)
-    consumed = ConsumedEvent(envelope, topic, partition, offset, log_offset)
+    position = (partition, offset) if in_log else log_position_in(headers)
+    consumed = ConsumedEvent(
+        envelope, topic, partition, offset,
+        position[1] if position else None, position[0] if position else None,
+    )
     try:
         # The log may hold envelopes appended before the gateway refused them.
         envelope.check()

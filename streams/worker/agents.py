@@ -15,6 +15,7 @@ PostgreSQL) every worker of the consumer group agrees on what is done.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
@@ -24,6 +25,7 @@ import faust
 from faust import Stream
 from faust.types import Message
 
+from projections.partitions import maintain
 from streams.errors import CodecError
 from streams.log.codec import event_type_of
 from streams.log.consumed import AppliedEvent, ConsumedEvent, Decoded, decode_consumed
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 ROUTER = "router"
 _LAG_INTERVAL = 5.0
 _OPEN_DEAD_LETTERS_INTERVAL = 15.0
+_PARTITIONS_INTERVAL = 6 * 3600.0
 _ABANDONED_AFTER = 30.0
 """Seconds after which a recorded dead letter not yet produced counts as its worker's loss."""
 
@@ -78,6 +81,7 @@ def register_agents(app: faust.App, settings: Settings, runtime: WorkerRuntime) 
     app.timer(_OPEN_DEAD_LETTERS_INTERVAL, name="publish_abandoned_dead_letters")(
         _abandoned_dead_letters(runtime)
     )
+    app.timer(_PARTITIONS_INTERVAL, name="maintain_partitions")(_partitions(settings))
 
 
 def _agent(
@@ -202,6 +206,30 @@ def _open_dead_letters(runtime: WorkerRuntime) -> Any:
             log.debug("dead_letters_open not refreshed: %s", exc)
 
     return count
+
+
+def _partitions(settings: Settings) -> Any:
+    async def maintain() -> None:
+        """Keep the months ahead partitioned while the worker runs for months on end."""
+        try:
+            await maintain_partitions(settings)
+        except Exception as exc:
+            log.warning("ops partitions not maintained this time: %r", exc)
+
+    return maintain
+
+
+async def maintain_partitions(settings: Settings) -> None:
+    """Create the monthly partitions of the ops tables ahead and drop expired ones; log both."""
+    done = await asyncio.to_thread(
+        maintain, settings.database_url, retention_months=settings.event_log_retention_months
+    )
+    if done is not None and (done.created or done.dropped):
+        log.info(
+            "ops partitions: created %s; dropped %s",
+            ", ".join(done.created) or "none", ", ".join(done.dropped) or "none",
+        )
+
 
 
 def _abandoned_dead_letters(runtime: WorkerRuntime) -> Any:

@@ -21,6 +21,7 @@ from projections.migrations import require_migrated
 from streams.log.topics import FOREVER, Retention, ensure_topics, retention_ms, worker_topics
 from streams.outages import KAFKA, POSTGRES, RepeatFilter
 from streams.settings import Settings
+from streams.worker.agents import maintain_partitions
 from streams.worker.app import create_app
 from streams.worker.settling import RetryPolicy, patiently
 
@@ -78,6 +79,7 @@ async def preflight(settings: Settings) -> None:
     await patiently(
         partial(asyncio.to_thread, require_migrated, settings.database_url), retry, POSTGRES
     )
+    await patiently(partial(maintain_partitions, settings), retry, POSTGRES)
     await patiently(
         partial(
             ensure_topics, settings.kafka_bootstrap_servers, worker_topics(settings.topic_prefix),

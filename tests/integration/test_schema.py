@@ -15,20 +15,24 @@ from projections.database import SQL_DIR
 
 pytestmark = pytest.mark.integration
 SCHEMAS = ("ops", "stripe")
+# Monthly partitions depend on the day the database was migrated, not on the schema.
+MONTHLY = r"_[0-9]{4}_[0-9]{2}(_|$)"
 CATALOG = {
     "columns": """
         SELECT table_schema, table_name, column_name, data_type, is_nullable, column_default
         FROM information_schema.columns WHERE table_schema = ANY(%(schemas)s)
+          AND table_name !~ %(monthly)s
         ORDER BY 1, 2, ordinal_position
     """,
     "constraints": """
         SELECT n.nspname, c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid)
         FROM pg_constraint AS c JOIN pg_namespace AS n ON n.oid = c.connamespace
-        WHERE n.nspname = ANY(%(schemas)s) ORDER BY 1, 2, 3
+        WHERE n.nspname = ANY(%(schemas)s) AND c.conrelid::regclass::text !~ %(monthly)s
+        ORDER BY 1, 2, 3
     """,
     "indexes": """
         SELECT schemaname, tablename, indexname, indexdef FROM pg_indexes
-        WHERE schemaname = ANY(%(schemas)s) ORDER BY 1, 2, 3
+        WHERE schemaname = ANY(%(schemas)s) AND tablename !~ %(monthly)s ORDER BY 1, 2, 3
     """,
 }
 
@@ -54,7 +58,9 @@ def canonical_url(postgres_admin_url: str) -> Iterator[str]:
 def _catalog(url: str) -> dict[str, list[tuple[Any, ...]]]:
     with psycopg.connect(url) as conn:
         return {
-            part: conn.execute(query.encode(), {"schemas": list(SCHEMAS)}).fetchall()
+            part: conn.execute(
+                query.encode(), {"schemas": list(SCHEMAS), "monthly": MONTHLY}
+            ).fetchall()
             for part, query in CATALOG.items()
         }
 

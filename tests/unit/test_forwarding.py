@@ -8,7 +8,7 @@ from typing import cast
 from aiokafka import AIOKafkaProducer
 from faust.types import TP, Message
 
-from streams.log.consumed import log_offset_in
+from streams.log.consumed import log_position_in
 from streams.worker.forwarding import forward
 
 
@@ -54,7 +54,7 @@ class RecordingProducer:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> asyncio.Future[None]:
         self.sent.append((topic, None, key, value))
-        self.log_offsets.append(log_offset_in(headers))
+        self.log_offsets.append(_offset(log_position_in(headers)))
         return _acknowledged()
 
     def create_batch(self) -> RecordingBatch:
@@ -65,11 +65,15 @@ class RecordingProducer:
     ) -> asyncio.Future[None]:
         self.batches += 1
         self.sent.extend((topic, partition, key, value) for key, value in batch.messages)
-        self.log_offsets.extend(log_offset_in(headers) for headers in batch.headers)
+        self.log_offsets.extend(_offset(log_position_in(h)) for h in batch.headers)
         return _acknowledged()
 
     def producer(self) -> AIOKafkaProducer:
         return cast(AIOKafkaProducer, self)
+
+
+def _offset(position: tuple[int, int] | None) -> int | None:
+    return None if position is None else position[1]
 
 
 def _acknowledged() -> asyncio.Future[None]:
