@@ -43,16 +43,18 @@ _LOGIN_REFUSED = re.compile(
 # libpq refuses a connection option's value (port, sslmode, ...) before it contacts the server.
 _BAD_OPTION = re.compile(r"^connection is bad: invalid ")
 _OUR_RELATION = re.compile(r'relation "(ops|stripe)\.')
+_READ_ONLY = "-c default_transaction_read_only=on -c statement_timeout=5000"
 _DATABASE = "database"
 """What the worker's pooled connections report to the outage log as."""
 
 
 def create_pool(
-    settings: Settings, *, max_size: int = 4, min_size: int = 1
+    settings: Settings, *, max_size: int = 4, min_size: int = 1, read_only: bool = False
 ) -> AsyncConnectionPool:
     """Return a closed pool on ``settings.database_url``; open it with ``await pool.open()``.
 
-    The pool keeps ``min_size`` connections open from the moment it opens.
+    The pool keeps ``min_size`` connections open from the moment it opens. A ``read_only``
+    pool's transactions cannot write, and each statement gets at most a few seconds.
 
     The pool waits at most :data:`CONNECTION_WAIT` seconds for a connection, so an outage
     surfaces as :class:`DependencyUnavailable` instead of a hung agent.
@@ -63,7 +65,10 @@ def create_pool(
         max_size=max_size,
         open=False,
         timeout=CONNECTION_WAIT,
-        kwargs={"application_name": "stripe-streams", "connect_timeout": 5, "autocommit": True},
+        kwargs={
+            "application_name": "stripe-streams", "connect_timeout": 5, "autocommit": True,
+            **({"options": _READ_ONLY} if read_only else {}),
+        },
         name="stripe-streams",
     )
 

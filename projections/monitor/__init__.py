@@ -1,0 +1,1 @@
+"""The monitoring API (``stripe-streams monitor``): read-only JSON over the ops tables and Kafka."""
