@@ -15,11 +15,14 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
+    PlatformCollector,
     ProcessCollector,
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
+
+from streams.version import build_info
 
 __all__ = ["CONTENT_TYPE_LATEST", "GatewayMetrics", "WebhookOutcome"]
 
@@ -44,14 +47,22 @@ class WebhookOutcome(StrEnum):
 
 
 class GatewayMetrics:
-    """``stripe_streams_webhooks_total`` and ``stripe_streams_ingest_seconds`` of one gateway."""
+    """``stripe_streams_webhooks_total`` and ``stripe_streams_ingest_seconds`` of one gateway.
+
+    Beside them: ``stripe_streams_build_info``, ``python_info`` and, with a single process,
+    its ``process_*`` series.
+    """
 
     def __init__(self, endpoints: Iterable[str], shared_dir: Path | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        build_info(self.registry)
+        PlatformCollector(registry=self.registry)
         if shared_dir is None:
             ProcessCollector(registry=self.registry)
             own: CollectorRegistry | None = self.registry
         else:
+            # No process_* here: they would describe whichever worker answered the scrape, and
+            # its start time changing from scrape to scrape would look like restarts.
             MultiProcessCollector(self.registry, path=str(shared_dir))  # type: ignore[no-untyped-call]
             own = None  # The collector reads this worker's samples back from the files.
         webhooks = Counter(

@@ -38,7 +38,8 @@ def create_app(
     """Return the worker's Faust app with the router and every family agent registered.
 
     The app id (and Kafka consumer group) is ``settings.group_id``; the web server on
-    ``web_port`` (default ``settings.worker_web_port``) serves the metrics at ``/metrics``.
+    ``web_port`` (default ``settings.worker_web_port``) serves the metrics at ``/metrics``, the
+    liveness at ``/healthz`` and the readiness at ``/readyz``.
     ``runtime`` replaces the PostgreSQL pool and Kafka producer the agents use (unit tests).
     """
     app = faust.App(
@@ -81,6 +82,11 @@ def create_app(
     @app.page("/metrics")
     async def exposition(view: faust.web.View, request: Any) -> Any:
         return view.bytes(metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    @app.page("/healthz")
+    async def liveness(view: faust.web.View, request: Any) -> Any:
+        """200 while the process serves requests, whatever its dependencies do (see /readyz)."""
+        return view.json({"status": "ok"})
 
     @app.page("/readyz")
     async def readiness(view: faust.web.View, request: Any) -> Any:

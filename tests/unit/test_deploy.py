@@ -8,7 +8,8 @@ from pathlib import Path
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROMISED = {
     "webhooks_total", "ingest_seconds", "events_processed_total", "event_lag_seconds",
-    "dead_letters_total", "dead_letters_open", "batch_size", "consumer_lag",
+    "dead_letters_total", "dead_letters_open", "batch_size", "consumer_lag", "family_paused",
+    "build_info",
 }
 METRIC = re.compile(r"stripe_streams_([a-z_]+)")
 
