@@ -81,6 +81,15 @@ def test_retry_applies_what_was_fixed_and_counts_what_still_fails(
                                                "FROM ops.event_log"))
     assert logged[refused.id] == "processed/dlq_retry"
     assert logged[broken.id].startswith("dead_lettered/")
+    trail = query(settings.database_url, "SELECT event_id, stage, coalesce(detail, '') "
+                  "FROM ops.event_trail ORDER BY at")
+    bob = [(stage, detail) for event_id, stage, detail in trail if event_id == refused.id]
+    assert [stage for stage, _ in bob] == ["dead_lettered", "retried"]
+    assert "no_bob" in bob[0][1] and bob[1][1] == "processed"
+    # Alice's first failure, then her retry's: the same dead letter, two stages.
+    assert [stage for event_id, stage, _ in trail if event_id == broken.id] == [
+        "dead_lettered", "dead_lettered",
+    ]
     assert query(settings.database_url, "SELECT name FROM stripe.customers ORDER BY name") == [
         ("Bob",), ("Carol",)
     ]

@@ -136,7 +136,7 @@ def event_log(url: str) -> dict[str, tuple[str, int]]:
 def empty_tables(url: str) -> None:
     tables = [sql.Identifier("stripe", table) for table in load_handlers().tables]
     tables += [sql.Identifier("ops", t) for t in ("event_log", "projection_offsets",
-                                                   "event_stats", "dead_letters")]
+                                                   "event_stats", "dead_letters", "event_trail")]
     with psycopg.connect(url) as conn:
         conn.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(tables)))
 

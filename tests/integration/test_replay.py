@@ -51,6 +51,9 @@ def test_a_replay_from_the_start_projects_the_log_as_live_processing_does(
     assert mirror_snapshot(settings.database_url) == expected
     assert query(settings.database_url,
                  "SELECT DISTINCT source, deliveries FROM ops.event_log") == [("replay", 1)]
+    # Each event's audit trail says the replay re-applied it, once.
+    assert query(settings.database_url, "SELECT stage, count(DISTINCT event_id), count(*) "
+                 "FROM ops.event_trail GROUP BY stage") == [("replayed", len(story), len(story))]
     [(kind, status, processed, failed)] = query(
         settings.database_url, "SELECT kind, status, processed, failed FROM ops.batch_jobs"
     )
