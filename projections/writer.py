@@ -192,7 +192,7 @@ async def _apply(
     if projecting.audit is Audit.LIVE:
         await record_events(conn, family, [*records, *plan.duplicates], attempts=attempts)
         await record_trail(conn, [
-            *(_delivered(event, outcome, count, logged) for event, outcome, count in records),
+            *_unusual(records, logged),
             *(trail_row(event, Stage.DUPLICATE, count, outcome.value)
               for event, outcome, count in plan.duplicates),
         ])
@@ -362,8 +362,8 @@ async def record_ties(
 
 
 class Stage(StrEnum):
-    """A stage of an event in ``ops.event_trail`` (how it was received, logged and routed
-    ``ops.event_log`` says)."""
+    """A stage of an event in ``ops.event_trail``; ``ops.event_log`` says how it was received,
+    logged and routed, and its first outcome unless that was a dead letter."""
 
     APPLIED = "applied"
     STALE = "stale"
@@ -373,14 +373,6 @@ class Stage(StrEnum):
     RETRIED = "retried"
     REPLAYED = "replayed"
     RESOLVED = "resolved"
-
-
-_FIRST_STAGES = {
-    Outcome.PROCESSED: Stage.APPLIED,
-    Outcome.STALE: Stage.STALE,
-    Outcome.UNHANDLED: Stage.UNHANDLED,
-    Outcome.DEAD_LETTERED: Stage.DEAD_LETTERED,
-}
 
 
 def trail_row(
@@ -399,13 +391,22 @@ def trail_row(
     }
 
 
-def _delivered(
-    event: ConsumedEvent, outcome: Outcome, deliveries: int, logged: Mapping[str, str]
-) -> dict[str, Any]:
-    """The trail row of a projected event: another attempt if it had been dead-lettered."""
-    if logged.get(event.envelope.id) == Outcome.DEAD_LETTERED:
-        return trail_row(event, Stage.RETRIED, deliveries, outcome.value)
-    return trail_row(event, _FIRST_STAGES[outcome], deliveries)
+def _unusual(
+    records: Sequence[EventRecord], logged: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """The trail rows of a batch's projected events: only what ``ops.event_log`` cannot say.
+
+    An event's first outcome is its event-log row, so the common case costs no trail row: a
+    dead-lettered event tried again is ``retried``, and copies of one event within the batch
+    are a ``duplicate``.
+    """
+    rows = []
+    for event, outcome, deliveries in records:
+        if logged.get(event.envelope.id) == Outcome.DEAD_LETTERED:
+            rows.append(trail_row(event, Stage.RETRIED, deliveries, outcome.value))
+        elif deliveries > 1:
+            rows.append(trail_row(event, Stage.DUPLICATE, deliveries - 1, outcome.value))
+    return rows
 
 
 async def record_trail(conn: AsyncConnection[Any], rows: Sequence[dict[str, Any]]) -> None:

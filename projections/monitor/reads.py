@@ -173,7 +173,7 @@ async def trails(
     return [
         {
             **_event(event),
-            "stages": [*_entry(event, prefix), *_later(event, stages[str(event["event_id"])])],
+            "stages": stages_of(event, stages[str(event["event_id"])], prefix),
             **({"payload": payloads.get(str(event["event_id"]))} if payload else {}),
         }
         for event in events
@@ -190,7 +190,16 @@ def _event(event: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _entry(event: Mapping[str, Any], prefix: str) -> Iterable[dict[str, Any]]:
+def stages_of(
+    event: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], prefix: str
+) -> list[dict[str, Any]]:
+    """Every stage of an event, oldest first, from its event-log row and its trail rows."""
+    return [*_entry(event, rows, prefix), *_later(event, rows)]
+
+
+def _entry(
+    event: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], prefix: str
+) -> Iterable[dict[str, Any]]:
     """Received, logged and routed: how the event's first copy reached its family agent."""
     yield {"stage": "received", "at": event["received_at"], "endpoint": event["endpoint"]}
     if event["log_offset"] is not None:
@@ -198,10 +207,27 @@ def _entry(event: Mapping[str, Any], prefix: str) -> Iterable[dict[str, Any]]:
             "stage": "logged", "topic": topic_name(prefix),
             "partition": event["log_partition"], "offset": event["log_offset"],
         }
+    # A retry rewrites the event log's coordinates; the first failure kept the first copy's.
+    first = rows[0] if _failed_first(event, rows) else event
     yield {
-        "stage": "routed", "topic": event["topic"], "partition": event["partition"],
-        "offset": event["offset"],
+        "stage": "routed", "topic": first["topic"], "partition": first["partition"],
+        "offset": first["offset"],
     }
+
+
+def _failed_first(event: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether the event's first outcome was the dead letter that starts its trail.
+
+    Not when the event log says it was processed before that failure (a replay that failed
+    after the event had been applied); a retry that applied it rewrote that time to a later one.
+    """
+    if not rows or rows[0]["stage"] != "dead_lettered":
+        return False
+    processed_at = event["processed_at"]
+    return (
+        event["status"] == "dead_lettered" or processed_at is None
+        or processed_at >= rows[0]["at"]
+    )
 
 
 _STATUS_STAGES = {
@@ -213,13 +239,13 @@ _STATUS_STAGES = {
 def _later(
     event: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
 ) -> Iterable[dict[str, Any]]:
-    """The trail's rows; for an event logged before the trail existed, its status alone."""
-    if not rows:
-        yield {
-            "stage": _STATUS_STAGES[str(event["status"])], "at": event["processed_at"],
-            "source": event["source"],
-        }
-        return
+    """The first outcome, then the trail's rows.
+
+    The event log holds the first outcome, except a dead letter's: that one starts the trail,
+    since a later attempt rewrites the event log's status.
+    """
+    if not _failed_first(event, rows):
+        yield {"stage": _STATUS_STAGES[str(event["status"])], "at": event["processed_at"]}
     for row in rows:
         yield {key: value for key, value in row.items() if value is not None}
 

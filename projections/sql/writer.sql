@@ -59,7 +59,8 @@ ON CONFLICT (event_id, created) DO UPDATE SET
 
 -- name: record_replayed
 -- Re-applied events get source replay (and leave dead_lettered, if that was their status);
--- deliveries stay as they were.
+-- deliveries stay as they were, and so does when they were first processed: the trail
+-- records the replay.
 INSERT INTO ops.event_log AS l (
     event_id, type, family, object_id, account, livemode, created, received_at, processed_at,
     status, deliveries, attempts, source, topic, "partition", "offset", endpoint, log_partition,
@@ -76,7 +77,7 @@ FROM json_to_recordset(%(events)s::json) AS e(
 ORDER BY e.event_id
 ON CONFLICT (event_id, created) DO UPDATE SET
     source = CASE WHEN excluded.status = 'processed' THEN 'replay' ELSE l.source END,
-    processed_at = CASE WHEN excluded.status = 'processed' THEN excluded.processed_at
+    processed_at = CASE WHEN l.status = 'dead_lettered' THEN excluded.processed_at
                         ELSE l.processed_at END,
     status = CASE WHEN l.status = 'dead_lettered' THEN excluded.status ELSE l.status END
 
