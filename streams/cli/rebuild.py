@@ -20,5 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """Rebuild the mirror tables from the log while the pipeline keeps running."""
     from streams.jobs.rebuild import rebuild
+    from streams.worker.memory import collect_garbage_less_often
 
+    collect_garbage_less_often()
     return asyncio.run(rebuild(settings, args.family))

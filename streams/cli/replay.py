@@ -33,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """Re-apply events of a topic to the projections, from an offset or a time."""
     from streams.jobs.replay import ReplayRequest, replay
+    from streams.worker.memory import collect_garbage_less_often
 
+    collect_garbage_less_often()
     if args.resume is not None:
         given = [flag for flag, value in [
             ("--topic", args.topic), ("--from-offset", args.from_offset),

@@ -7,6 +7,8 @@ agent would settle them; only the writer's :class:`~projections.writer.Projectin
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,13 +24,15 @@ from streams.errors import CodecError
 from streams.handlers.registry import HandlerRegistry
 from streams.log.consumed import AppliedEvent, ConsumedEvent, Outcome, decode_consumed
 from streams.log.envelope import DeadLetter
-from streams.log.routing import OTHER, route_event
+from streams.log.routing import FAMILIES, OTHER, route_event
 from streams.worker.settling import BatchSettler, PublishDeadLetter, RetryPolicy
 
 Failures = Callable[[str, ConsumedEvent, DeadLetter], Awaitable[None]]
 """Where a rebuild's failed event goes: counted, neither recorded nor produced."""
 Produced = Callable[[DeadLetter], Awaitable[bool]]
 """Whether the dead-letter topic holds a dead letter already."""
+CONNECTIONS = len(FAMILIES) + 1
+"""Pool size of a job that applies: a connection per family settled at once, and one more."""
 _COUNTED = 0
 """What a failure handed to ``failures`` stands as in place of a dead letter's id (ids start
 at 1)."""
@@ -77,8 +81,11 @@ class JobStore:
 class JobApplier:
     """Settles a job's batches family by family; counts what it applied and what failed.
 
-    ``seen`` holds the event ids applied earlier in the job: like live processing, a job
-    projects only the first copy of an event the log holds.
+    ``seen`` holds the event ids applied earlier in the job, as 128-bit digests (a third of
+    the memory of the ids): like live processing, a job projects only the first copy of an
+    event the log holds. The families of a batch are settled concurrently, each on a
+    connection of its own, so PostgreSQL works on one family while this process decodes and
+    plans another.
     """
 
     store: JobStore
@@ -86,7 +93,7 @@ class JobApplier:
     retry: RetryPolicy
     in_log: bool
     gives_up: str = "dead-lettered"
-    seen: set[str] = field(default_factory=set)
+    seen: set[int] = field(default_factory=set)
     _settlers: dict[str, BatchSettler] = field(default_factory=dict)
 
     def settler(self, family: str) -> BatchSettler:
@@ -122,9 +129,19 @@ class JobApplier:
             family = route_event(event.envelope.type) if event is not None else OTHER
             if only is None or family == only:
                 by_family[family].append((record, decoded))
-        applied: list[AppliedEvent] = []
-        for family, decoded_records in by_family.items():
-            applied.extend(await self._settle(self.settler(family), decoded_records))
+        settling = [
+            asyncio.ensure_future(self._settle(self.settler(family), decoded_records))
+            for family, decoded_records in by_family.items()
+        ]
+        try:
+            settled = await asyncio.gather(*settling)
+        except BaseException:
+            # One family's failure ends the batch: the others stop rather than write on.
+            for task in settling:
+                task.cancel()
+            await asyncio.gather(*settling, return_exceptions=True)
+            raise
+        applied = [a for family_applied in settled for a in family_applied]
         failed = sum(1 for a in applied if a.outcome is Outcome.DEAD_LETTERED)
         return sum(len(v) for v in by_family.values()) - failed, failed
 
@@ -135,7 +152,7 @@ class JobApplier:
         run: list[ConsumedEvent] = []
         for record, decoded in decoded_records:
             if isinstance(decoded, ConsumedEvent):
-                if decoded.envelope.id not in self.seen:
+                if _digest(decoded.envelope.id) not in self.seen:
                     run.append(decoded)
                 continue
             applied.extend(await self._apply(settler, run))
@@ -156,6 +173,11 @@ class JobApplier:
         applied = await settler.apply(run)
         # A dead-lettered event is not seen: a later copy of it is another attempt.
         self.seen.update(
-            a.event.envelope.id for a in applied if a.outcome is not Outcome.DEAD_LETTERED
+            _digest(a.event.envelope.id) for a in applied
+            if a.outcome is not Outcome.DEAD_LETTERED
         )
         return applied
+
+
+def _digest(event_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=16).digest())

@@ -38,7 +38,7 @@ from projections.shadow import (
 from projections.writer import Projecting
 from streams.errors import DependencyUnavailable, StreamsError
 from streams.handlers.registry import load_handlers
-from streams.jobs.applying import JobApplier, JobStore
+from streams.jobs.applying import CONNECTIONS, JobApplier, JobStore
 from streams.jobs.reading import LogReader, Range
 from streams.jobs.running import Job, exit_code, running_job
 from streams.log.consumed import ConsumedEvent, Outcome
@@ -62,7 +62,7 @@ async def rebuild(settings: Settings, family: str | None) -> int:
         raise StreamsError(f"family {family} has no mirror tables to rebuild")
     with database_errors(settings.database_url):
         guard = await AsyncConnection.connect(settings.database_url, autocommit=True)
-    pool = create_pool(settings, min_size=2, max_size=3)
+    pool = create_pool(settings, min_size=2, max_size=CONNECTIONS)
     try:
         cursor = await guard.execute("SELECT pg_try_advisory_lock(%s)", [_REBUILD_LOCK])
         row = await cursor.fetchone()

@@ -20,7 +20,7 @@ from projections.jobs import JobState, resume_job, start_job
 from projections.writer import Projecting
 from streams.errors import StreamsError
 from streams.handlers.registry import load_handlers
-from streams.jobs.applying import JobApplier, JobStore
+from streams.jobs.applying import CONNECTIONS, JobApplier, JobStore
 from streams.jobs.reading import LogReader, Range
 from streams.jobs.running import exit_code, running_job
 from streams.log.dead_letter_topic import holds_dead_letter
@@ -48,7 +48,7 @@ class ReplayRequest:
 
 async def replay(settings: Settings, request: ReplayRequest) -> int:
     """Run or resume a replay job; return the command's exit code."""
-    pool = create_pool(settings, min_size=1, max_size=2)
+    pool = create_pool(settings, min_size=1, max_size=CONNECTIONS)
     with database_errors(settings.database_url):
         await pool.open(wait=False)
     try:

@@ -9,7 +9,6 @@ fix; an outage is waited out with backoff, logged when it starts and ends.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import sys
 from functools import partial
@@ -18,11 +17,19 @@ import faust
 import uvloop
 
 from projections.migrations import require_migrated
-from streams.log.topics import FOREVER, Retention, ensure_topics, retention_ms, worker_topics
+from streams.log.topics import (
+    FOREVER,
+    Replication,
+    Retention,
+    ensure_topics,
+    retention_ms,
+    worker_topics,
+)
 from streams.outages import KAFKA, POSTGRES, RepeatFilter
 from streams.settings import Settings
 from streams.worker.agents import maintain_partitions
 from streams.worker.app import create_app
+from streams.worker.memory import collect_garbage_less_often
 from streams.worker.settling import RetryPolicy, patiently
 
 log = logging.getLogger(__name__)
@@ -60,7 +67,7 @@ def run_worker(settings: Settings, web_port: int | None = None) -> int:
     repeats.install(logging.root.handlers)
     asyncio.run(preflight(settings))
     app = create_app(settings, web_port=web_port)
-    _collect_garbage_less_often()
+    collect_garbage_less_often()
     worker = _Worker(app, repeats)
     try:
         worker.execute_from_commandline()
@@ -84,6 +91,7 @@ async def preflight(settings: Settings) -> None:
         partial(
             ensure_topics, settings.kafka_bootstrap_servers, worker_topics(settings.topic_prefix),
             settings.topic_partitions,
+            replication=Replication(settings.replication_factor, settings.min_insync_replicas),
             retention=Retention(settings.log_retention_ms, settings.family_retention_ms),
         ),
         retry, KAFKA,
@@ -111,15 +119,3 @@ def _duration(ms: int) -> str:
             amount = round(ms / size, 1)
             return f"{amount:g} {unit}{'' if amount == 1 else 's'}"
     return f"{ms} ms"
-
-
-def _collect_garbage_less_often() -> None:
-    """Keep the collector from rescanning what the worker allocates per batch and at startup.
-
-    Every batch allocates tens of thousands of short-lived objects (decoded events, rows) and
-    the default thresholds made the collector walk the long-lived ones over and over: measured,
-    about a fifth of the worker's CPU. Reference cycles are still collected, just in larger
-    generations.
-    """
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 100)
