@@ -48,6 +48,8 @@ def parse_signature_header(header: bytes | None) -> SignatureHeader:
     """Parse a raw ``Stripe-Signature`` header; raise SignatureRejected when it is unusable."""
     if not header:
         raise SignatureRejected("missing Stripe-Signature header")
+    # The HTTP parser keeps whitespace around a field value, which RFC 9110 says is not part of it.
+    header = header.strip(b" \t")
     timestamp: bytes | None = None
     signatures: list[bytes] = []
     for item in header.split(b","):
