@@ -26,11 +26,11 @@ import orjson
 from ingest.metrics import CONTENT_TYPE_LATEST, GatewayMetrics, WebhookOutcome
 from ingest.producer import EventAppender, EventTooLarge, LogUnavailable
 from ingest.signature import SignatureRejected, SigningSecrets
-from streams.errors import InvalidEvent
+from streams.errors import ConfigurationError, InvalidEvent
 from streams.log.codec import encode_event
 from streams.log.envelope import THIN_EVENT_OBJECT, EventEnvelope, EventSource
 from streams.outages import KAFKA, outages
-from streams.settings import DEFAULT_ENDPOINT, Secret, Settings
+from streams.settings import DEFAULT_ENDPOINT, Secret, Settings, endpoint_secrets
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ class Gateway:
     Verified events go to ``event_log``. ``start`` runs at the ASGI lifespan start-up;
     ``stop`` runs at the lifespan shutdown, after the server has finished every in-flight
     request, and flushes what the log still buffers. ``metrics_dir`` is the directory worker
-    processes share their metrics through, if several.
+    processes share their metrics through, if several. The endpoints are fixed at start;
+    their secrets can be swapped while serving (:meth:`reload_secrets`).
     """
 
     def __init__(
@@ -92,6 +93,35 @@ class Gateway:
         self._retry_after = (b"retry-after", str(settings.retry_after).encode())
         self.metrics = GatewayMetrics((e.name for e in self._endpoints.values()), metrics_dir)
         self.startup_failure: str | None = None
+
+    def reload_secrets(self, environ: Mapping[str, str]) -> None:
+        """Swap every endpoint's signing secrets for those ``environ`` gives now (SIGHUP).
+
+        Secret files are read again, so a rotation needs no restart. The new secrets replace the
+        old ones all at once, between two requests. A reload that fails, or that would add or
+        remove an endpoint, keeps the current secrets; either way one log line says what
+        happened, naming endpoints and counts, never a secret.
+        """
+        served = {endpoint.name: endpoint for endpoint in self._endpoints.values()}
+        try:
+            secrets = endpoint_secrets(environ)
+        except ConfigurationError as exc:
+            log.error("kept the current signing secrets: %s", exc)
+            return
+        if secrets.keys() != served.keys():
+            log.error(
+                "kept the current signing secrets: the reload declares endpoints %s but the "
+                "gateway serves %s; adding or removing an endpoint needs a restart",
+                ", ".join(sorted(secrets)), ", ".join(sorted(served)),
+            )
+            return
+        verifiers = {name: SigningSecrets(secrets[name]) for name in served}
+        for name, endpoint in served.items():
+            endpoint.secrets = verifiers[name]
+        log.info(
+            "reloaded the signing secrets: %s",
+            ", ".join(f"{name} has {len(secrets[name])}" for name in served),
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -253,9 +283,9 @@ class Gateway:
 
 def _endpoints(secrets: Mapping[str, tuple[Secret, ...]]) -> dict[str, Endpoint]:
     paths: dict[str, Endpoint] = {}
-    for name, endpoint_secrets in secrets.items():
+    for name, declared in secrets.items():
         path = WEBHOOK_PATH if name == DEFAULT_ENDPOINT else f"{WEBHOOK_PATH}/{name}"
-        paths[path] = Endpoint(name, SigningSecrets(endpoint_secrets))
+        paths[path] = Endpoint(name, SigningSecrets(declared))
     return paths
 
 

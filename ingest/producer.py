@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from streams.errors import DependencyUnavailable, StreamsError
-from streams.log.topics import MAX_MESSAGE_BYTES, Retention, ensure_topics
+from streams.log.topics import MAX_MESSAGE_BYTES, Replication, Retention, ensure_topics
 from streams.outages import KAFKA, outages
 from streams.settings import Settings
 
@@ -53,6 +53,7 @@ class EventLog:
         settings = self._settings
         await ensure_topics(
             settings.kafka_bootstrap_servers, [self.topic], settings.topic_partitions,
+            replication=Replication(settings.replication_factor, settings.min_insync_replicas),
             retention=Retention(settings.log_retention_ms, settings.family_retention_ms),
         )
         producer = AIOKafkaProducer(

@@ -2,16 +2,21 @@
 
 On SIGTERM or SIGINT uvicorn stops accepting connections, lets every in-flight request finish
 (each is bounded by the produce timeout), and only then runs the lifespan shutdown, which flushes
-the producer; so every event answered 200 is in Kafka before the process exits.
+the producer; so every event answered 200 is in Kafka before the process exits. On SIGHUP the
+gateway re-reads its signing secrets and carries on serving.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
+import signal
 import socket
 from pathlib import Path
 
 import uvicorn
+import uvloop
 
 from ingest.gateway import Gateway
 from ingest.producer import EventLog
@@ -36,15 +41,30 @@ def serve(
 ) -> None:
     """Serve ``gateway`` (on ``sockets`` if given) until SIGTERM or SIGINT, then drain and flush.
 
-    Raise StreamsError when it cannot start.
+    SIGHUP meanwhile reloads the signing secrets. Raise StreamsError when it cannot start.
     """
     server = uvicorn.Server(_config(gateway, settings, host, port))
-    with contextlib.suppress(SystemExit):  # uvicorn exits on a failed start-up; see below.
-        server.run(sockets=sockets)
+    with (
+        contextlib.suppress(SystemExit),  # uvicorn exits on a failed start-up; see below.
+        asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
+    ):
+        runner.run(_serve_reloading(server, gateway, sockets))
     if gateway.startup_failure is not None:
         raise StreamsError(gateway.startup_failure)
     if not server.started:
         raise StreamsError(f"could not listen on {host}:{port}")
+
+
+async def _serve_reloading(
+    server: uvicorn.Server, gateway: Gateway, sockets: list[socket.socket] | None
+) -> None:
+    # uvicorn leaves SIGHUP alone, and Python's default for it ends the process.
+    asyncio.get_running_loop().add_signal_handler(
+        signal.SIGHUP, gateway.reload_secrets, os.environ
+    )
+    # The gateway command holds SIGHUP back from its start, so one sent meanwhile applies now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+    await server.serve(sockets=sockets)
 
 
 def _config(gateway: Gateway, settings: Settings, host: str, port: int) -> uvicorn.Config:
@@ -52,7 +72,6 @@ def _config(gateway: Gateway, settings: Settings, host: str, port: int) -> uvico
         gateway,
         host=host,
         port=port,
-        loop="uvloop",
         http="httptools",
         lifespan="on",
         log_config=None,

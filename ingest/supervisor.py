@@ -3,9 +3,10 @@
 With ``STRIPE_STREAMS_GATEWAY_WORKERS`` above one, this process binds the socket and forks that
 many workers sharing it, each a whole gateway (:mod:`ingest.server`) with its own producer; their
 metrics meet in a shared directory, so any worker's ``/metrics`` shows the gateway's totals. It
-forwards SIGTERM and SIGINT to the workers once and waits for their graceful shutdown. When a
-worker ends on its own (Kafka unreachable at start, a crash) it stops the others and exits with
-an error, so whatever supervises the gateway restarts it as a whole.
+forwards SIGTERM and SIGINT to the workers once and waits for their graceful shutdown, and
+forwards every SIGHUP, on which each worker re-reads its signing secrets. When a worker ends on
+its own (Kafka unreachable at start, a crash) it stops the others and exits with an error, so
+whatever supervises the gateway restarts it as a whole.
 
 This module imports neither Kafka nor HTTP code: the supervisor stays small and the workers,
 forked before importing them, load their own.
@@ -34,11 +35,18 @@ log = logging.getLogger(__name__)
 
 
 def run_gateway(settings: Settings, host: str, port: int) -> None:
-    """Serve the gateway until SIGTERM or SIGINT; raise StreamsError if it cannot start."""
+    """Serve the gateway until SIGTERM or SIGINT; raise StreamsError if it cannot start.
+
+    SIGHUP makes every server process re-read its signing secrets.
+    """
     if settings.secrets_for(DEFAULT_ENDPOINT) is None:
         raise ConfigurationError(
-            "STRIPE_WEBHOOK_SECRETS is not set: the gateway refuses to start without a secret"
+            "STRIPE_WEBHOOK_SECRETS is not set (nor STRIPE_WEBHOOK_SECRETS_FILE): the gateway "
+            "refuses to start without a secret"
         )
+    # Held back, in this process and the workers it forks, until a handler is in place, so a
+    # SIGHUP during start-up reloads the secrets instead of ending the process.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     if settings.gateway_workers == 1:
         from ingest.server import build_gateway, serve
 
@@ -105,12 +113,12 @@ def _supervise(workers: Sequence[BaseProcess]) -> None:
         if stopping:
             return  # A second SIGTERM would make uvicorn drop in-flight requests.
         stopping = True
-        for worker in workers:
-            if worker.is_alive() and worker.pid is not None:
-                os.kill(worker.pid, signal.SIGTERM)
+        _signal(workers, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop_all)
     signal.signal(signal.SIGINT, stop_all)
+    signal.signal(signal.SIGHUP, lambda signum, frame: _signal(workers, signal.SIGHUP))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     running = list(workers)
     while running:
         ended = wait([worker.sentinel for worker in running])
@@ -124,6 +132,12 @@ def _supervise(workers: Sequence[BaseProcess]) -> None:
         raise StreamsError(
             f"{failed.name} stopped on its own (exit code {failed.exitcode}); its log says why"
         )
+
+
+def _signal(workers: Sequence[BaseProcess], signum: signal.Signals) -> None:
+    for worker in workers:
+        if worker.is_alive() and worker.pid is not None:
+            os.kill(worker.pid, signum)
 
 
 def configure_logging() -> None:

@@ -21,9 +21,13 @@ from streams.log.routing import FAMILIES
 from streams.log.topics import topic_name
 
 ENDPOINT_SECRETS_PREFIX = "STRIPE_WEBHOOK_SECRETS_"
+# <VARIABLE>_FILE names a file holding a secret's value, as container platforms mount secrets.
+SECRET_FILE_SUFFIX = "_FILE"
 DEFAULT_ENDPOINT = "default"
 _ENDPOINT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 REPO_ROOT = Path(__file__).resolve().parent.parent
+KAFKA_NODE_COUNTS = (1, 3)
+"""Sizes of the local Kafka cluster 'services up' starts; three nodes keep a controller quorum."""
 
 
 class Secret:
@@ -110,8 +114,17 @@ def _kafka_version(raw: str) -> str:
     return raw
 
 
+def _kafka_node_count(raw: str) -> int:
+    value = _positive_int(raw)
+    if value not in KAFKA_NODE_COUNTS:
+        raise ValueError(f"must be 1 or 3, got {value}")
+    return value
+
+
 def _secret_list(raw: str) -> tuple[Secret, ...]:
-    secrets = tuple(Secret(s.strip()) for s in raw.split(",") if s.strip())
+    # A secret file may hold one secret per line instead of a comma-separated list.
+    items = raw.replace("\n", ",").split(",")
+    secrets = tuple(Secret(s.strip()) for s in items if s.strip())
     if not secrets:
         raise ValueError("must hold at least one signing secret")
     return secrets
@@ -157,9 +170,16 @@ def _compression(raw: str) -> str | None:
     return None if choice == "none" else choice
 
 
-def setting(env: str, default: Any, doc: str, parse: Callable[[str], Any] = _text) -> Any:
-    """Declare one setting: its environment variable, default, parser and meaning."""
-    return field(default=default, metadata={"env": env, "doc": doc, "parse": parse})
+def setting(
+    env: str, default: Any, doc: str, parse: Callable[[str], Any] = _text, *, secret: bool = False
+) -> Any:
+    """Declare one setting: its environment variable, default, parser and meaning.
+
+    A ``secret`` may instead be read from the file its ``<env>_FILE`` variable names.
+    """
+    return field(
+        default=default, metadata={"env": env, "doc": doc, "parse": parse, "secret": secret}
+    )
 
 
 def family_setting(base_env: str, example: str, parse: Callable[[str], Any]) -> Any:
@@ -195,7 +215,10 @@ class Settings:
             "env": "STRIPE_WEBHOOK_SECRETS",
             "doc": "Comma-separated signing secrets of the default endpoint (several during "
             "rotation); STRIPE_WEBHOOK_SECRETS_<NAME> declares the endpoint "
-            "/webhooks/stripe/<name> with its own secrets.",
+            "/webhooks/stripe/<name> with its own secrets. STRIPE_WEBHOOK_SECRETS_<NAME>_FILE "
+            "names a file holding them (commas or one per line); the gateway re-reads its "
+            "secret files on SIGHUP.",
+            "secret": True,
         },
     )
     webhook_tolerance: int = setting(
@@ -204,13 +227,13 @@ class Settings:
     )
     stripe_api_key: Secret | None = setting(
         "STRIPE_API_KEY", None, "Secret key for backfill from Stripe's Events API.",
-        _optional_secret,
+        _optional_secret, secret=True,
     )
     monitor_token: Secret | None = setting(
         "STRIPE_STREAMS_MONITOR_TOKEN", None,
         "Bearer token of the monitoring API; 'monitor' refuses to start without one (unless "
-        "--insecure-no-auth on a loopback address).",
-        _optional_secret,
+        "--insecure-no-auth on a loopback address). Read once, at start.",
+        _optional_secret, secret=True,
     )
     stripe_api_base: str | None = setting(
         "STRIPE_API_BASE", None, "Base URL of Stripe's API (a local double in tests).",
@@ -226,6 +249,25 @@ class Settings:
     kafka_version: str = setting(
         "STRIPE_STREAMS_KAFKA_VERSION", "3.9.1",
         "Apache Kafka release run by 'services up'.", _kafka_version,
+    )
+    kafka_brokers: int = setting(
+        "STRIPE_STREAMS_KAFKA_BROKERS", 1,
+        "Kafka nodes 'services up' starts: 1, or 3 (a controller quorum of three; internal "
+        "topics with 3 replicas and min.insync.replicas=2).",
+        _kafka_node_count,
+    )
+    replication_factor: int | None = setting(
+        "STRIPE_STREAMS_REPLICATION_FACTOR", None,
+        "Replicas of each topic the project creates; unset: as many as the cluster reports "
+        "brokers, at most 3. Existing topics keep theirs (a warning names the fix).",
+        _positive_int,
+    )
+    min_insync_replicas: int | None = setting(
+        "STRIPE_STREAMS_MIN_INSYNC_REPLICAS", None,
+        "min.insync.replicas of the project's topics: the replicas an acks=all write waits "
+        "for. Unset: one fewer than a topic's replicas from 3 up, else 1 (on a single broker, "
+        "the broker's default). Applied to the topics on every start.",
+        _positive_int,
     )
     state_dir: Path = setting(
         "STRIPE_STREAMS_STATE_DIR", REPO_ROOT / ".services",
@@ -387,16 +429,20 @@ class Settings:
     ) -> Settings:
         """Build settings from the environment, then apply explicit overrides (command flags).
 
-        A wrong value raises :class:`ConfigurationError` naming the variable.
+        A wrong value raises :class:`ConfigurationError` naming the variable. A secret may
+        come from the file its ``<NAME>_FILE`` variable names, read now.
         """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             name = f.metadata["env"]
             if f.name == "webhook_secrets":
-                values[f.name] = _endpoint_secrets(env)
+                values[f.name] = endpoint_secrets(env)
             elif f.metadata.get("per_family"):
                 values[f.name] = _per_family(env, name.removesuffix("<FAMILY>"), f.metadata)
+            elif f.metadata.get("secret"):
+                if name in env or name + SECRET_FILE_SUFFIX in env:
+                    values[f.name] = f.metadata["parse"](_secret_value(env, name))
             elif name in env:
                 try:
                     values[f.name] = f.metadata["parse"](env[name])
@@ -432,6 +478,12 @@ class Settings:
         for f in dataclasses.fields(cls):
             default = "none" if f.default in (None, dataclasses.MISSING) else str(f.default)
             yield f.metadata["env"], default, f.metadata["doc"]
+            if f.metadata.get("secret"):
+                yield (
+                    f.metadata["env"] + SECRET_FILE_SUFFIX, "none",
+                    f"File holding {f.metadata['env']} in its place (container secrets); "
+                    "surrounding whitespace is ignored and setting both is an error.",
+                )
 
 
 def _per_family(env: Mapping[str, str], prefix: str, declared: Mapping[str, Any]) -> dict[str, Any]:
@@ -450,13 +502,18 @@ def _per_family(env: Mapping[str, str], prefix: str, declared: Mapping[str, Any]
     return values
 
 
-def _endpoint_secrets(env: Mapping[str, str]) -> dict[str, tuple[Secret, ...]]:
+def endpoint_secrets(env: Mapping[str, str]) -> dict[str, tuple[Secret, ...]]:
+    """Return the signing secrets of every endpoint ``env`` declares, reading secret files now.
+
+    The gateway calls it again on SIGHUP, so a rotated secret file needs no restart.
+    """
     endpoints: dict[str, tuple[Secret, ...]] = {}
-    for name, raw in env.items():
-        if name == "STRIPE_WEBHOOK_SECRETS":
+    for name in env:
+        variable = name.removesuffix(SECRET_FILE_SUFFIX)
+        if variable == "STRIPE_WEBHOOK_SECRETS":
             endpoint = DEFAULT_ENDPOINT
-        elif name.startswith(ENDPOINT_SECRETS_PREFIX):
-            endpoint = name.removeprefix(ENDPOINT_SECRETS_PREFIX).lower()
+        elif variable.startswith(ENDPOINT_SECRETS_PREFIX):
+            endpoint = variable.removeprefix(ENDPOINT_SECRETS_PREFIX).lower()
             if not _ENDPOINT_NAME.fullmatch(endpoint):
                 raise ConfigurationError(
                     f"{name}: endpoint name must be lowercase letters, digits, '_' or '-'"
@@ -464,7 +521,34 @@ def _endpoint_secrets(env: Mapping[str, str]) -> dict[str, tuple[Secret, ...]]:
         else:
             continue
         try:
-            endpoints[endpoint] = _secret_list(raw)
+            endpoints[endpoint] = _secret_list(_secret_value(env, variable))
         except ValueError as exc:
             raise ConfigurationError(f"{name} {exc}") from None
     return endpoints
+
+
+def _secret_value(env: Mapping[str, str], variable: str) -> str:
+    """Return the secret ``variable`` holds, or the text of the file ``<variable>_FILE`` names.
+
+    One of the two is set; both is an error, since which one wins would be a guess.
+    """
+    file_variable = variable + SECRET_FILE_SUFFIX
+    if file_variable not in env:
+        return env[variable]
+    if variable in env:
+        raise ConfigurationError(f"{variable} and {file_variable} are both set: set only one")
+    path = env[file_variable]
+    if not path.strip():
+        raise ConfigurationError(f"{file_variable} is empty: it must name a file")
+    # Errors name the variable and the path, never what the file holds.
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(
+            f"{file_variable}: cannot read {path}: {exc.strerror or type(exc).__name__}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"{file_variable}: {path} is not UTF-8 text") from None
+    if not text.strip():
+        raise ConfigurationError(f"{file_variable}: {path} is empty")
+    return text.strip()

@@ -1,8 +1,9 @@
-"""Creation of the project's Kafka topics, and their retention."""
+"""Creation of the project's Kafka topics, their replication and their retention."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from aiokafka.protocol.metadata import MetadataRequest
 from streams.errors import ConfigurationError, DependencyUnavailable
 from streams.log.routing import FAMILIES
 
+log = logging.getLogger(__name__)
+
 DEAD_LETTER_SUFFIX = "dlq"
 """Suffix of the dead-letter topic, ``<prefix>.events.dlq``."""
 
@@ -48,7 +51,8 @@ _DYNAMIC_TOPIC_CONFIG = 1
 
 # Each table's KafkaError entry is the fix for a refusal it does not name.
 _FIXES: dict[type[KafkaError], str] = {
-    InvalidReplicationFactorError: "ask for at most as many replicas as Kafka has brokers",
+    InvalidReplicationFactorError: "set STRIPE_STREAMS_REPLICATION_FACTOR to at most as many "
+    "replicas as Kafka has brokers",
     InvalidPartitionsError: "set STRIPE_STREAMS_PARTITIONS to a partition count Kafka accepts",
     InvalidConfigurationError: "drop or correct the topic configuration Kafka rejects",
     InvalidTopicError: "set STRIPE_STREAMS_TOPIC_PREFIX to a prefix Kafka accepts",
@@ -57,10 +61,11 @@ _FIXES: dict[type[KafkaError], str] = {
     ClusterAuthorizationFailedError: "grant this client CREATE on the cluster",
     KafkaError: "fix what Kafka's message names, or create the topic by hand",
 }
-_RETENTION_FIXES: dict[type[KafkaError], str] = {
-    InvalidConfigurationError: "set STRIPE_STREAMS_LOG_RETENTION_MS and "
-    "STRIPE_STREAMS_FAMILY_RETENTION_MS to retentions Kafka accepts",
-    PolicyViolationError: "set a retention the broker's alter.config.policy allows",
+_SETTING_FIXES: dict[type[KafkaError], str] = {
+    InvalidConfigurationError: "set STRIPE_STREAMS_LOG_RETENTION_MS, "
+    "STRIPE_STREAMS_FAMILY_RETENTION_MS and STRIPE_STREAMS_MIN_INSYNC_REPLICAS to values Kafka "
+    "accepts",
+    PolicyViolationError: "set values the broker's alter.config.policy allows",
     TopicAuthorizationFailedError: "grant this client DESCRIBE_CONFIGS and ALTER_CONFIGS on the "
     "topic",
     ClusterAuthorizationFailedError: "grant this client ALTER_CONFIGS on the cluster",
@@ -92,6 +97,66 @@ class Retention:
         return {}
 
 
+def derived_replication(brokers: int) -> int:
+    """The replication factor of a cluster of ``brokers``: one replica per broker, at most 3."""
+    return min(3, brokers)
+
+
+def derived_min_insync(replicas: int) -> int:
+    """The ``min.insync.replicas`` of ``replicas``: from 3 up, writes survive losing one of them."""
+    return replicas - 1 if replicas >= 3 else 1
+
+
+@dataclass(frozen=True)
+class Replication:
+    """How many replicas of each partition Kafka keeps, and how many an ``acks=all`` write needs.
+
+    Either one unset is derived from the brokers the cluster reports when the topics are
+    ensured: :func:`derived_replication` of them, and :func:`derived_min_insync` of a topic's
+    replicas, except on a single broker, whose topics keep its own ``min.insync.replicas``.
+    """
+
+    factor: int | None = None
+    """Replicas of each new topic; existing topics keep theirs."""
+    min_insync: int | None = None
+    """``min.insync.replicas`` set on every topic."""
+
+    def factor_for(self, brokers: int) -> int:
+        """The replication factor of new topics on a cluster of ``brokers``.
+
+        Raises ConfigurationError when ``min_insync`` exceeds it: Kafka would accept the topic,
+        then refuse every ``acks=all`` write to it.
+        """
+        factor = self.factor if self.factor is not None else derived_replication(brokers)
+        if self.min_insync is not None and self.min_insync > factor:
+            raise ConfigurationError(
+                f"STRIPE_STREAMS_MIN_INSYNC_REPLICAS={self.min_insync} exceeds the replication "
+                f"factor {factor}, so Kafka would refuse every write; lower it or raise "
+                "STRIPE_STREAMS_REPLICATION_FACTOR"
+            )
+        return factor
+
+    def min_insync_for(self, replicas: int, brokers: int) -> int | None:
+        """The ``min.insync.replicas`` of a topic of ``replicas``; None: the broker's own."""
+        if self.min_insync is not None:
+            return self.min_insync
+        return None if brokers == 1 else derived_min_insync(replicas)
+
+
+DERIVED = Replication()
+"""Replication derived entirely from the cluster."""
+
+
+def topic_configs(
+    name: str, retention: Retention | None, min_insync: int | None
+) -> dict[str, str]:
+    """The settings :func:`ensure_topics` keeps on topic ``name``, beyond its message size."""
+    configs = retention.configs(name) if retention is not None else {}
+    if min_insync is not None:
+        configs = {**configs, "min.insync.replicas": str(min_insync)}
+    return configs
+
+
 def topic_name(prefix: str, suffix: str = "") -> str:
     """The full name of a topic: ``<prefix>.events``, then ``.<suffix>`` if any."""
     base = f"{prefix}.events"
@@ -111,37 +176,40 @@ async def ensure_topics(
     bootstrap_servers: str,
     names: Iterable[str],
     partitions: int,
-    replication: int = 1,
+    replication: Replication = DERIVED,
     retention: Retention | None = None,
 ) -> None:
-    """Create the missing topics, wait until every broker serves them, then set their retention.
+    """Create the missing topics, wait until every broker serves them, then set their settings.
 
-    New topics are created with their retention; an existing topic holding another retention
-    has it altered, its other settings kept, and one holding the right one is left alone.
-    Without ``retention``, new topics get the broker's default and existing ones keep theirs.
+    New topics are created with ``replication``'s factor, their retention and
+    ``min.insync.replicas``; an existing topic holding another retention or
+    ``min.insync.replicas`` has it altered, its other settings kept, and one holding the right
+    ones is left alone. An existing topic with fewer replicas than the factor keeps them, with
+    one warning: Kafka adds replicas only when partitions are reassigned. Without
+    ``retention``, new topics get the broker's default and existing ones keep theirs.
     A topic is served once a broker's metadata holds it with a leader for every partition; a
     consumer that joins its group earlier ignores it. Raises ConfigurationError when Kafka
-    refuses a topic or its retention for good, DependencyUnavailable when Kafka cannot be
-    reached or does not serve the topics within SERVED_TIMEOUT seconds.
+    refuses a topic or its settings for good, or ``replication`` contradicts itself,
+    DependencyUnavailable when Kafka cannot be reached or does not serve the topics within
+    SERVED_TIMEOUT seconds.
     """
     wanted = list(dict.fromkeys(names))
-    retained = {
-        name: configs
-        for name in wanted
-        if retention is not None and (configs := retention.configs(name))
-    }
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
     client = AIOKafkaClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
     try:
+        await client.bootstrap()
+        brokers = len(client.cluster.brokers())
+        factor = replication.factor_for(brokers)
         await admin.start()
         existing = set(await admin.list_topics())
         missing = [
             NewTopic(
                 name,
                 num_partitions=partitions,
-                replication_factor=replication,
+                replication_factor=factor,
                 topic_configs={
-                    "max.message.bytes": str(MAX_MESSAGE_BYTES), **retained.get(name, {})
+                    "max.message.bytes": str(MAX_MESSAGE_BYTES),
+                    **topic_configs(name, retention, replication.min_insync_for(factor, brokers)),
                 },
             )
             for name in wanted
@@ -150,11 +218,23 @@ async def ensure_topics(
         if missing:
             response = await admin.create_topics(missing)
             raise_topic_errors(response.topic_errors)
-        await client.bootstrap()
         await wait_until_served(client, wanted, SERVED_TIMEOUT)
-        if retained:
-            # Someone else may have created a topic meanwhile, with another retention.
-            await _alter_differing(admin, retained)
+        replicas = await _replica_counts(client, wanted)
+        warn_of_missing_replicas(replicas, factor)
+        # Someone else may have created a topic meanwhile, with other settings; a topic's own
+        # replica count decides its min.insync.replicas, so a broker down now lowers none.
+        configured = {
+            name: configs
+            for name in wanted
+            if (
+                configs := topic_configs(
+                    name, retention,
+                    replication.min_insync_for(replicas.get(name, factor), brokers),
+                )
+            )
+        }
+        if configured:
+            await _alter_differing(admin, configured)
     except KafkaError as exc:
         raise DependencyUnavailable(f"Kafka at {bootstrap_servers}: {exc!r}") from exc
     finally:
@@ -257,6 +337,32 @@ async def wait_until_served(client: AIOKafkaClient, names: Sequence[str], max_wa
         backoff = min(2 * backoff, 1.0)
 
 
+async def _replica_counts(client: AIOKafkaClient, names: Sequence[str]) -> dict[str, int]:
+    """The fewest replicas of any partition of each topic of ``names``, as Kafka assigned them."""
+    request = MetadataRequest(list(names), allow_auto_topic_creation=False)
+    response = await client.send(client.get_random_node(), request)
+    return {
+        topic["topic"]: min(len(partition["replicas"]) for partition in topic["partitions"])
+        for topic in response.to_object()["topics"]
+        if topic["partitions"]
+    }
+
+
+def warn_of_missing_replicas(replicas: Mapping[str, int], factor: int) -> None:
+    """Warn, in one line, of the topics holding fewer than ``factor`` replicas."""
+    short = [
+        f"{name} has {count} replica{'' if count == 1 else 's'}"
+        for name, count in replicas.items()
+        if count < factor
+    ]
+    if short:
+        log.warning(
+            "%s, fewer than the replication factor %d: Kafka does not add replicas to existing "
+            "topics; add them with kafka-reassign-partitions.sh",
+            ", ".join(short), factor,
+        )
+
+
 async def _unserved(client: AIOKafkaClient, names: Sequence[str]) -> set[str]:
     """The topics of ``names`` that some broker does not serve yet."""
     # Brokers may have joined or left since the last round.
@@ -316,12 +422,12 @@ def raise_config_errors(resources: Iterable[Mapping[str, Any]]) -> None:
     """
     _raise_errors(
         (
-            (f"the retention of topic {resource['resource_name']}", resource["error_code"],
-             resource["error_message"])
+            (f"the retention or min.insync.replicas of topic {resource['resource_name']}",
+             resource["error_code"], resource["error_message"])
             for resource in resources
         ),
         "reading or setting",
-        _RETENTION_FIXES,
+        _SETTING_FIXES,
     )
 
 

@@ -17,7 +17,14 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.metadata import MetadataRequest
 
 from streams.errors import ConfigurationError
-from streams.log.topics import FOREVER, MAX_MESSAGE_BYTES, Retention, ensure_topics, worker_topics
+from streams.log.topics import (
+    FOREVER,
+    MAX_MESSAGE_BYTES,
+    Replication,
+    Retention,
+    ensure_topics,
+    worker_topics,
+)
 from streams.settings import Settings
 from streams.worker.process import preflight
 
@@ -86,9 +93,10 @@ async def test_a_replication_factor_beyond_the_brokers_is_refused_at_once(
 
     with pytest.raises(
         ConfigurationError,
-        match=rf"topic {re.escape(topic)} \(InvalidReplicationFactorError: .*\); ask for at most",
+        match=rf"topic {re.escape(topic)} \(InvalidReplicationFactorError: .*\); set "
+        r"STRIPE_STREAMS_REPLICATION_FACTOR to at most",
     ):
-        await ensure_topics(kafka_bootstrap, [topic], partitions=1, replication=100)
+        await ensure_topics(kafka_bootstrap, [topic], partitions=1, replication=Replication(100))
 
     assert time.monotonic() - started < 5
     assert await led_partitions(kafka_bootstrap, [topic]) == {topic: []}
@@ -215,7 +223,7 @@ async def test_a_retention_the_broker_refuses_is_a_configuration_error_at_once(
 
     with pytest.raises(
         ConfigurationError,
-        match=rf"^Kafka refuses the retention of topic {re.escape(topic)} "
+        match=rf"^Kafka refuses the retention or min\.insync\.replicas of topic {re.escape(topic)} "
         r"\(InvalidConfigurationError: .*retention\.ms.*\); set STRIPE_STREAMS_LOG_RETENTION_MS",
     ) as refused:
         await ensure_topics(kafka_bootstrap, [topic], partitions=1, retention=Retention(-2, WEEK))
@@ -239,3 +247,36 @@ async def test_the_worker_warns_once_at_start_when_the_log_retention_is_finite(
         "older than that cannot be replayed or rebuilt; set STRIPE_STREAMS_LOG_RETENTION_MS=-1 "
         "to keep them forever"
     ][:warnings]
+
+
+async def broker_count(bootstrap: str) -> int:
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    try:
+        await client.bootstrap()
+        return len(client.cluster.brokers())
+    finally:
+        await client.close()
+
+
+async def replica_counts(bootstrap: str, names: list[str]) -> dict[str, set[int]]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        described = await admin.describe_topics(names)
+    finally:
+        await admin.close()
+    return {t["topic"]: {len(p["replicas"]) for p in t["partitions"]} for t in described}
+
+
+async def test_on_a_single_broker_topics_keep_one_replica_and_the_brokers_min_insync_replicas(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    if await broker_count(kafka_bootstrap) != 1:
+        pytest.skip("needs a single-broker Kafka; KAFKA_BOOTSTRAP_SERVERS names a cluster")
+    names = worker_topics(topic_prefix)
+
+    await ensure_topics(kafka_bootstrap, names, partitions=2, retention=RETENTION)
+
+    assert await replica_counts(kafka_bootstrap, names) == {name: {1} for name in names}
+    configs = await topic_configs(kafka_bootstrap, names)
+    assert [name for name, held in configs.items() if "min.insync.replicas" in held] == []

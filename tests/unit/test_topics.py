@@ -1,5 +1,5 @@
-"""How topic creation reads Kafka's answers (outage, misconfiguration, or not served yet) and
-which retention each topic gets."""
+"""How topic creation reads Kafka's answers (outage, misconfiguration, or not served yet), which
+retention each topic gets, and how many replicas of it Kafka keeps and writes wait for."""
 
 from __future__ import annotations
 
@@ -15,13 +15,17 @@ from streams.errors import ConfigurationError, DependencyUnavailable
 from streams.log.routing import FAMILIES
 from streams.log.topics import (
     FOREVER,
+    Replication,
     Retention,
     alterations,
     raise_config_errors,
     raise_topic_errors,
+    topic_configs,
     wait_until_served,
+    warn_of_missing_replicas,
     worker_topics,
 )
+from streams.settings import Settings
 from streams.worker.process import warn_of_finite_retention
 
 TOPICS = ["t.events", "t.events.customers"]
@@ -33,7 +37,8 @@ CREATED = [("t.events", 0, None), ("t.events.dlq", 36, "Topic 't.events.dlq' alr
     ("code", "message", "named"),
     [
         (38, "Unable to replicate the partition 3 time(s): only 1 broker(s) are registered.",
-         "InvalidReplicationFactorError: Unable to replicate.*at most as many replicas"),
+         "InvalidReplicationFactorError: Unable to replicate.*; set "
+         "STRIPE_STREAMS_REPLICATION_FACTOR to at most as many replicas"),
         (40, "Unknown topic config name: max.mesage.bytes",
          "InvalidConfigurationError: Unknown topic config name.*topic configuration"),
         (37, "Number of partitions must be larger than 0.",
@@ -193,7 +198,8 @@ def test_a_refused_retention_is_a_configuration_error_naming_the_topic_and_the_f
     code: int, message: str | None, named: str
 ) -> None:
     with pytest.raises(
-        ConfigurationError, match=rf"retention of topic t\.events\.dlq \({named}"
+        ConfigurationError,
+        match=rf"retention or min\.insync\.replicas of topic t\.events\.dlq \({named}",
     ) as e:
         raise_config_errors([resource("t.events", 0, ""), resource("t.events.dlq", code, message)])
     assert "\n" not in str(e.value)
@@ -201,7 +207,9 @@ def test_a_refused_retention_is_a_configuration_error_naming_the_topic_and_the_f
 
 
 def test_a_retention_kafka_cannot_set_now_is_an_outage_after_any_refusal() -> None:
-    with pytest.raises(DependencyUnavailable, match=r"retention of topic t\.events: RequestTimed"):
+    with pytest.raises(
+        DependencyUnavailable, match=r"min\.insync\.replicas of topic t\.events: RequestTimed"
+    ):
         raise_config_errors([resource("t.events", 7), resource("t.events.dlq", 0, "")])
     with pytest.raises(ConfigurationError, match=r"t\.events\.dlq \(InvalidConfig"):
         raise_config_errors([resource("t.events", 7), resource("t.events.dlq", 40, "bad")])
@@ -237,3 +245,85 @@ def test_a_log_kept_forever_is_not_warned_of(caplog: pytest.LogCaptureFixture) -
         warn_of_finite_retention("stripe.events", FOREVER)
 
     assert caplog.records == []
+
+
+@pytest.mark.parametrize(
+    ("brokers", "factor", "min_insync"),
+    [(1, 1, None), (2, 2, 1), (3, 3, 2), (5, 3, 2)],
+)
+def test_unset_replication_follows_the_brokers_the_cluster_reports(
+    brokers: int, factor: int, min_insync: int | None
+) -> None:
+    """A single broker keeps its own min.insync.replicas; from three replicas, one may be lost."""
+    derived = Settings.from_env({})
+
+    replication = Replication(derived.replication_factor, derived.min_insync_replicas)
+
+    assert replication.factor_for(brokers) == factor
+    assert replication.min_insync_for(factor, brokers) == min_insync
+
+
+def test_a_topic_keeps_the_min_insync_replicas_its_own_replicas_allow() -> None:
+    """A topic of 3 replicas keeps min.insync.replicas=2 even while a broker is down."""
+    assert Replication().min_insync_for(replicas=3, brokers=2) == 2
+    assert Replication().min_insync_for(replicas=1, brokers=3) == 1
+
+
+def test_set_replication_wins_over_the_cluster_size() -> None:
+    configured = Settings.from_env(
+        {"STRIPE_STREAMS_REPLICATION_FACTOR": "2", "STRIPE_STREAMS_MIN_INSYNC_REPLICAS": "2"}
+    )
+
+    replication = Replication(configured.replication_factor, configured.min_insync_replicas)
+
+    assert replication.factor_for(brokers=5) == 2
+    assert replication.min_insync_for(replicas=2, brokers=1) == 2
+
+
+def test_more_insync_replicas_than_replicas_is_refused_naming_both_settings() -> None:
+    with pytest.raises(
+        ConfigurationError,
+        match=r"^STRIPE_STREAMS_MIN_INSYNC_REPLICAS=2 exceeds the replication factor 1.*"
+        r"raise STRIPE_STREAMS_REPLICATION_FACTOR$",
+    ):
+        Replication(min_insync=2).factor_for(brokers=1)
+
+
+@pytest.mark.parametrize("variable", ["STRIPE_STREAMS_REPLICATION_FACTOR",
+                                      "STRIPE_STREAMS_MIN_INSYNC_REPLICAS"])
+def test_a_replica_count_below_one_is_refused(variable: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"^{variable} must be a positive integer"):
+        Settings.from_env({variable: "0"})
+
+
+def test_a_topic_gets_min_insync_replicas_beside_its_retention_unless_left_to_the_broker() -> None:
+    retention = Retention(log_ms=FOREVER, family_ms=WEEK)
+
+    assert topic_configs("t.events", retention, 2) == {**KEPT, "min.insync.replicas": "2"}
+    assert topic_configs("t.events.customers", None, 2) == {"min.insync.replicas": "2"}
+    assert topic_configs("t.events.customers", retention, None) == {"retention.ms": str(WEEK)}
+    assert topic_configs("t.events", None, None) == {}
+
+
+def test_a_wrong_min_insync_replicas_is_altered_with_the_other_settings_kept() -> None:
+    held = {"t.events": {**KEPT, "min.insync.replicas": "1", "segment.ms": "600000"}}
+
+    assert alterations({"t.events": {**KEPT, "min.insync.replicas": "2"}}, held) == {
+        "t.events": {**KEPT, "min.insync.replicas": "2", "segment.ms": "600000"}
+    }
+
+
+def test_topics_with_fewer_replicas_than_wanted_are_named_in_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO):
+        warn_of_missing_replicas({"t.events": 1, "t.events.dlq": 2, "t.events.other": 3}, 3)
+        warn_of_missing_replicas({"t.events": 3}, 3)
+
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert record.getMessage() == (
+        "t.events has 1 replica, t.events.dlq has 2 replicas, fewer than the replication factor "
+        "3: Kafka does not add replicas to existing topics; add them with "
+        "kafka-reassign-partitions.sh"
+    )

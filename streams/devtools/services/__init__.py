@@ -12,7 +12,7 @@ from streams.settings import Settings
 
 @dataclass(frozen=True)
 class LocalServices:
-    """The local Kafka broker and PostgreSQL cluster at the addresses the settings name."""
+    """The local Kafka cluster and PostgreSQL cluster at the addresses the settings name."""
 
     kafka: LocalKafka
     postgres: LocalPostgres
@@ -29,6 +29,7 @@ class LocalServices:
                 home=settings.state_dir / "kafka",
                 host=kafka_host,
                 port=int(kafka_port),
+                brokers=settings.kafka_brokers,
             ),
             postgres=LocalPostgres(
                 home=settings.state_dir / "postgres",
