@@ -20,6 +20,7 @@ import uvloop
 
 from ingest.gateway import Gateway
 from ingest.producer import EventLog
+from ingest.protocol import GuardedHttpTools
 from streams.errors import StreamsError
 from streams.settings import Settings
 
@@ -72,7 +73,7 @@ def _config(gateway: Gateway, settings: Settings, host: str, port: int) -> uvico
         gateway,
         host=host,
         port=port,
-        http="httptools",
+        http=GuardedHttpTools,
         lifespan="on",
         log_config=None,
         access_log=False,

@@ -394,11 +394,6 @@ def test_odd_signature_headers_reach_the_gateway_as_sent(
     assert answer is not None and answer.status in expected, answer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: no limit on the size of a request's header section; uvicorn's "
-    "httptools protocol (as ingest/server.py configures it) accepts any header size",
-)
 @pytest.mark.parametrize(
     "headers",
     [b"X-Big: " + b"a" * 100_000 + b"\r\n",
@@ -414,11 +409,6 @@ def test_a_header_section_over_64_kib_is_refused_with_431(
     assert answer is not None and answer.status == 431, answer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: a header section that never ends is buffered without limit (RSS "
-    "grows with it) and httptools re-concatenates it, blocking the event loop",
-)
 def test_a_header_section_that_never_ends_is_cut_off(gateway: Gateway) -> None:
     before = rss(gateway.pid)
     sent = 0
@@ -439,12 +429,6 @@ def test_a_header_section_that_never_ends_is_cut_off(gateway: Gateway) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: no deadline for a request's headers; a connection that sends "
-    "nothing, or one header byte a second, is held open for ever (uvicorn arms its only "
-    "timer, keep-alive, after a response)",
-)
 def test_a_client_slow_to_send_its_headers_is_disconnected(gateway: Gateway) -> None:
     """Slowloris: one connection idle from the start, one sending a header byte a second."""
     trickle = b"POST /webhooks/stripe HTTP/1.1\r\nHost: gateway\r\nX-Slow: " + b"a" * 100
