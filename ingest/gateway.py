@@ -90,6 +90,10 @@ class Gateway:
         self._endpoints = _endpoints(settings.webhook_secrets)
         self._allowed: tuple[Network, ...] | None = settings.allowed_networks
         self._concurrency = settings.endpoint_concurrency
+        self._queue_limit = settings.gateway_queue_bytes
+        self._queued = 0
+        """Bytes of bodies read and not answered yet: what overload would grow without bound."""
+        self._shedding = False
         self._retry_after = (b"retry-after", str(settings.retry_after).encode())
         self.metrics = GatewayMetrics((e.name for e in self._endpoints.values()), metrics_dir)
         self.startup_failure: str | None = None
@@ -186,13 +190,23 @@ class Gateway:
                 send, 429, {"error": "too many concurrent deliveries"}, [self._retry_after]
             )
             return
+        if self._over_capacity(endpoint, declared_length):
+            await self._shed(endpoint, send)
+            return
         endpoint.in_flight += 1
         try:
             body = await _read_body(receive)
             if body is None:
                 await self._too_large(endpoint, send)
                 return
-            await self._ingest(endpoint, body, signature, received, send)
+            if self._over_capacity(endpoint, len(body)):
+                await self._shed(endpoint, send)
+                return
+            self._queued += len(body)
+            try:
+                await self._ingest(endpoint, body, signature, received, send)
+            finally:
+                self._queued -= len(body)
         except _Disconnected:
             return
         except _SlowBody:
@@ -235,12 +249,37 @@ class Gateway:
             return
         self.metrics.count(endpoint.name, WebhookOutcome.ACCEPTED)
         self.metrics.observe_ingest(time.perf_counter() - received)
+        if self._shedding and self._queued * 2 < self._queue_limit:
+            self._shedding = False
+            log.warning("stopped shedding load: the queue to Kafka is below half its bound")
         if event.thin:
             log.info(
                 "appended thin event %s %s related_object=%s",
                 envelope.id, envelope.type, event.related_object,
             )
         await _answer(send, 200, {"received": True, "id": envelope.id})
+
+    def _over_capacity(self, endpoint: Endpoint, size: int) -> bool:
+        """Whether ``size`` more bytes would pass the queue's bound while others wait on Kafka.
+
+        Only while others wait: one delivery is always taken, however large.
+        """
+        return self._queued > 0 and self._queued + size > self._queue_limit
+
+    async def _shed(self, endpoint: Endpoint, send: Send) -> None:
+        """Answer 503: more is offered than Kafka acknowledges, and Stripe retries later."""
+        self.metrics.count(endpoint.name, WebhookOutcome.UNAVAILABLE)
+        if not self._shedding:
+            log.warning(
+                "shedding load: %d bytes of deliveries wait on Kafka (bound %d, "
+                "STRIPE_STREAMS_GATEWAY_QUEUE_BYTES); answering 503 with Retry-After",
+                self._queued, self._queue_limit,
+            )
+        self._shedding = True
+        await _answer(
+            send, 503, {"error": "the event log does not keep up; retry later"},
+            [self._retry_after, (b"connection", b"close")],
+        )
 
     async def _too_large(self, endpoint: Endpoint, send: Send) -> None:
         self.metrics.count(endpoint.name, WebhookOutcome.TOO_LARGE)

@@ -295,6 +295,13 @@ class Settings:
         "Processes the gateway serves with, each with its own Kafka producer; one per core.",
         _positive_int,
     )
+    gateway_queue_bytes: int = setting(
+        "STRIPE_STREAMS_GATEWAY_QUEUE_BYTES", 32 * 1024 * 1024,
+        "Most bytes of deliveries each gateway process holds while they wait on Kafka; beyond "
+        "it the gateway sheds load, answering 503 with Retry-After (Stripe retries), so an "
+        "overload cannot grow its memory without bound.",
+        _positive_int,
+    )
     endpoint_concurrency: int = setting(
         "STRIPE_STREAMS_ENDPOINT_CONCURRENCY", 0,
         "Most webhook requests one endpoint handles at once in each gateway worker; beyond it "

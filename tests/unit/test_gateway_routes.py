@@ -162,6 +162,26 @@ async def test_the_concurrency_bound_answers_429_beyond_it_and_frees_slots(
     assert sorted(log.appended) == [b"ch_1", b"ch_2", b"ch_4"]
 
 
+async def test_an_overload_is_shed_with_503_once_the_queue_to_kafka_is_full(
+    log: GatedLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A bound one delivery fills: the first is always taken, the next ones shed while it waits.
+    app = gateway_with(log, STRIPE_STREAMS_GATEWAY_QUEUE_BYTES="1")
+    log.gate.clear()
+    async with client_of(app) as client:
+        waiting = asyncio.create_task(post(client, 1))
+        await log.until_waiting(1)
+        shed = [await post(client, n) for n in (2, 3)]
+        assert [r.status_code for r in shed] == [503, 503]
+        assert shed[0].headers["retry-after"] == "10"
+        assert shed[0].json() == {"error": "the event log does not keep up; retry later"}
+        log.gate.set()
+        assert (await waiting).status_code == 200
+        assert (await post(client, 4)).status_code == 200
+    assert sorted(log.appended) == [b"ch_1", b"ch_4"]
+    assert sum("shedding load" in r.message for r in caplog.records) == 1
+
+
 async def test_without_a_bound_many_deliveries_wait_together(log: GatedLog) -> None:
     app = gateway_with(log)
     log.gate.clear()
