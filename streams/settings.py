@@ -416,6 +416,13 @@ class Settings:
         "is 100/s in live mode and 25/s in test mode).",
         _positive_float,
     )
+    job_yield_backlog: int = setting(
+        "STRIPE_STREAMS_JOB_YIELD_BACKLOG", 2000,
+        "Replay and rebuild wait between batches while the workers have more events than "
+        "this left in the family topics and are catching up, so live webhooks keep their "
+        "latency; 0: never wait.",
+        _non_negative_int,
+    )
     job_batch_size: int = setting(
         "STRIPE_STREAMS_JOB_BATCH_SIZE", 5000,
         "Most events replay and rebuild apply in one PostgreSQL transaction.", _positive_int,

@@ -41,6 +41,7 @@ from streams.handlers.registry import load_handlers
 from streams.jobs.applying import CONNECTIONS, JobApplier, JobStore
 from streams.jobs.reading import LogReader, Range
 from streams.jobs.running import Job, exit_code, running_job
+from streams.jobs.yielding import LiveTraffic
 from streams.log.consumed import ConsumedEvent, Outcome
 from streams.log.envelope import DeadLetter
 from streams.log.routing import FAMILIES
@@ -109,9 +110,11 @@ async def _rebuild(
         )
         await create_shadow(guard, schema, tables)
         try:
-            async with running_job(pool, job, KIND) as running:
+            async with LiveTraffic(settings, pool) as live, running_job(
+                pool, job, KIND
+            ) as running:
                 await _catch_up(reader, span, applier, running, family, settings, guard,
-                                schema, tables)
+                                schema, tables, live)
                 if not running.interrupted:
                     await _refuse_new_failures(pool, failures)
                     await _switch(reader, span, applier, running, family, settings, guard,
@@ -132,10 +135,11 @@ async def _rebuild(
 async def _catch_up(
     reader: LogReader, span: Range, applier: JobApplier, running: Job, family: str | None,
     settings: Settings, guard: AsyncConnection[Any], schema: str, tables: list[str],
+    live: LiveTraffic,
 ) -> None:
     """Apply the log up to its end as it was at the start, index, then follow the log until
-    what is left is less than a batch."""
-    await _apply_range(reader, span, applier, running, family, settings)
+    what is left is less than a batch, giving way to live processing between batches."""
+    await _apply_range(reader, span, applier, running, family, settings, live=live)
     if running.interrupted:
         return
     await index_shadow(guard, schema, tables)
@@ -143,7 +147,7 @@ async def _catch_up(
         span.end = await reader.ends(list(span.next))
         if span.remaining < settings.job_batch_size:
             return
-        await _apply_range(reader, span, applier, running, family, settings)
+        await _apply_range(reader, span, applier, running, family, settings, live=live)
 
 
 async def _switch(
@@ -172,7 +176,7 @@ async def _switch(
 
 async def _apply_range(
     reader: LogReader, span: Range, applier: JobApplier, running: Job, family: str | None,
-    settings: Settings, *, until_done: bool = False,
+    settings: Settings, *, until_done: bool = False, live: LiveTraffic | None = None,
 ) -> None:
     async for records in reader.read(span, settings.job_batch_size):
         processed, failed = await applier.apply(records, only=family)
@@ -180,6 +184,8 @@ async def _apply_range(
         await running.advance(processed, failed, total=done + span.remaining)
         if running.interrupted and not until_done:
             return
+        if live is not None:
+            await live.give_way(running)
 
 
 async def _refuse_new_failures(pool: AsyncConnectionPool, failures: dict[str, str]) -> None:

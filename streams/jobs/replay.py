@@ -23,6 +23,7 @@ from streams.handlers.registry import load_handlers
 from streams.jobs.applying import CONNECTIONS, JobApplier, JobStore
 from streams.jobs.reading import LogReader, Range
 from streams.jobs.running import exit_code, running_job
+from streams.jobs.yielding import LiveTraffic
 from streams.log.dead_letter_topic import holds_dead_letter
 from streams.log.routing import FAMILIES
 from streams.log.topics import DEAD_LETTER_SUFFIX
@@ -95,12 +96,13 @@ async def _run(
         in_log=topic == settings.topic(),
     )
     try:
-        async with running_job(pool, job, KIND) as running:
+        async with LiveTraffic(settings, pool) as live, running_job(pool, job, KIND) as running:
             async for records in reader.read(span, settings.job_batch_size):
                 processed, failed = await applier.apply(records)
                 await running.advance(processed, failed, _position(span))
                 if running.interrupted:
                     break
+                await live.give_way(running)
         running.summary(
             "interrupted" if running.interrupted else "done",
             [("topic", topic), ("remaining", f"{span.remaining:,}")]
