@@ -286,6 +286,21 @@ def _chunked(body: bytes, *, end: bool = True) -> bytes:
     return chunks + (b"0\r\n\r\n" if end else b"")
 
 
+def test_whole_webhooks_of_every_size_in_one_write_are_accepted(
+    gateway: Gateway, ledger: Ledger
+) -> None:
+    """A request that arrives in one read is no header flood, whatever its body's size."""
+    answers = []
+    with Connection(gateway) as connection:
+        for size in (60_000, 66_000, 100_000, 200_000):
+            event_id, body = _sized(size)
+            connection.send(request(body))
+            answer = connection.response()
+            ledger.record(event_id, answer)
+            answers.append(answer.status if answer else None)
+    assert answers == [200, 200, 200, 200]
+
+
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_a_body_of_1_mib_is_accepted_and_one_byte_more_is_413(
     gateway: Gateway, ledger: Ledger, chunked: bool
