@@ -190,7 +190,7 @@ class Gateway:
                 send, 429, {"error": "too many concurrent deliveries"}, [self._retry_after]
             )
             return
-        if self._over_capacity(endpoint, declared_length):
+        if self._over_capacity(declared_length):
             await self._shed(endpoint, send)
             return
         endpoint.in_flight += 1
@@ -199,7 +199,7 @@ class Gateway:
             if body is None:
                 await self._too_large(endpoint, send)
                 return
-            if self._over_capacity(endpoint, len(body)):
+            if self._over_capacity(len(body)):
                 await self._shed(endpoint, send)
                 return
             self._queued += len(body)
@@ -259,7 +259,7 @@ class Gateway:
             )
         await _answer(send, 200, {"received": True, "id": envelope.id})
 
-    def _over_capacity(self, endpoint: Endpoint, size: int) -> bool:
+    def _over_capacity(self, size: int) -> bool:
         """Whether ``size`` more bytes would pass the queue's bound while others wait on Kafka.
 
         Only while others wait: one delivery is always taken, however large.
