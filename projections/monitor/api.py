@@ -9,9 +9,11 @@ carry no customer data and answer without the token, for probes and Prometheus.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -42,6 +44,8 @@ from streams.errors import DependencyUnavailable
 from streams.log.routing import FAMILIES
 from streams.settings import Secret, Settings
 from streams.version import build_info
+
+log = logging.getLogger(__name__)
 
 _MAX_LIMIT = 500
 _WINDOW = re.compile(r"^(\d+)([mhd])$")
@@ -78,6 +82,7 @@ class Monitor:
     token: Secret | None
     memory: alerts.AlertMemory
     registry: CollectorRegistry
+    latency: reads.HourlyLatency
 
 
 def create_app(settings: Settings, pool: AsyncConnectionPool, token: Secret | None) -> Starlette:
@@ -92,16 +97,26 @@ def create_app(settings: Settings, pool: AsyncConnectionPool, token: Secret | No
     PlatformCollector(registry=registry)
     build_info(registry)
     monitor = Monitor(
-        settings, pool, KafkaSampler(settings, positions), token, alerts.AlertMemory(), registry
+        settings, pool, KafkaSampler(settings, positions), token, alerts.AlertMemory(), registry,
+        reads.HourlyLatency(),
     )
+
+    async def warm() -> None:
+        try:
+            async with connection(pool) as conn:
+                await monitor.latency.warm(conn, datetime.now(UTC), _LONGEST_WINDOW.days)
+        except Exception as exc:  # The first request sums what warming could not.
+            log.warning("latency of past hours not summed ahead: %r", exc)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
         await pool.open()
         await monitor.sampler.start()
+        warming = asyncio.create_task(warm())
         try:
             yield
         finally:
+            warming.cancel()
             await monitor.sampler.stop()
             await pool.close()
 
@@ -226,9 +241,10 @@ async def _overview(monitor: Monitor, request: Request) -> Response:
 async def _performance(monitor: Monitor, request: Request) -> Response:
     raw = request.query_params.get("window", "1h")
     window = _window(raw)
-    since = datetime.now(UTC) - window
+    now = datetime.now(UTC)
+    since = now - window
     async with connection(monitor.pool) as conn:
-        found = await reads.performance(conn, since)
+        found = await monitor.latency.performance(conn, since, now)
     return json_response({"window": raw, "since": since, **found})
 
 

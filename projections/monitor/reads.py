@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
@@ -87,20 +87,115 @@ async def family_positions(
     }
 
 
-async def performance(conn: AsyncConnection[Any], since: datetime) -> dict[str, Any]:
-    """Per event type and per family since ``since``: events, error rate and percentiles."""
-    by_type: list[dict[str, Any]] = []
-    families: dict[str, tuple[int, int, list[int]]] = {}
-    for family, event_type, events, errors, buckets in await _rows(
-        conn, "latency", {"since": since}
+Summary = tuple[int, int, list[int]]
+"""Events, errors (dead-lettered) and latency bucket counts."""
+Key = TypeVar("Key")
+
+
+class HourlyLatency:
+    """Per past hour, family and type, the summed counts: hours that ended never change.
+
+    A window of a day would otherwise sum some 1,440 minutes' rows per type on every request;
+    with this, only the minutes of the current hour and of the window's first, partial hour
+    are read again.
+    """
+
+    def __init__(self) -> None:
+        self._hours: dict[datetime, dict[tuple[str, str], Summary]] = {}
+
+    async def warm(self, conn: AsyncConnection[Any], now: datetime, days: int) -> None:
+        """Sum the past ``days``' hours ahead of the first request, a day per statement."""
+        current = _hour(now)
+        for start in range(days, 0, -1):
+            first = current - timedelta(days=start)
+            hours = [
+                h for h in _hours_between(first, first + timedelta(days=1))
+                if h not in self._hours
+            ]
+            if hours:
+                fetched = await _hourly(conn, hours[0], hours[-1] + _ONE_HOUR)
+                for hour in hours:
+                    self._hours[hour] = fetched.get(hour, {})
+
+    async def performance(
+        self, conn: AsyncConnection[Any], since: datetime, now: datetime
+    ) -> dict[str, Any]:
+        """Per event type and per family since ``since``: events, error rate, percentiles."""
+        first_full = _hour(since) if since == _hour(since) else _hour(since) + _ONE_HOUR
+        current = _hour(now)
+        totals: dict[tuple[str, str], Summary] = {}
+        if first_full >= current:
+            _merge(totals, await _summaries(conn, since, now))
+        else:
+            _merge(totals, await _summaries(conn, since, first_full))
+            missing = [h for h in _hours_between(first_full, current) if h not in self._hours]
+            if missing:
+                fetched = await _hourly(conn, missing[0], missing[-1] + _ONE_HOUR)
+                for hour in missing:
+                    self._hours[hour] = fetched.get(hour, {})
+            for hour in _hours_between(first_full, current):
+                _merge(totals, self._hours[hour])
+            _merge(totals, await _summaries(conn, current, now))
+        for hour in [h for h in self._hours if h < current - _KEPT]:
+            del self._hours[hour]
+        return _report(totals)
+
+
+_ONE_HOUR = timedelta(hours=1)
+_KEPT = timedelta(days=8)
+"""Past hours kept: the longest window the API serves, and a day to spare."""
+
+
+def _hour(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def _hours_between(first: datetime, end: datetime) -> list[datetime]:
+    hours = []
+    while first < end:
+        hours.append(first)
+        first += _ONE_HOUR
+    return hours
+
+
+async def _hourly(
+    conn: AsyncConnection[Any], since: datetime, until: datetime
+) -> dict[datetime, dict[tuple[str, str], Summary]]:
+    found: dict[datetime, dict[tuple[str, str], Summary]] = {}
+    for hour, family, event_type, events, errors, buckets in await _rows(
+        conn, "latency", {"since": since, "until": until}
     ):
-        errors = int(errors or 0)
-        by_type.append(
-            {"type": event_type, "family": family, **_summary(int(events), errors, buckets)}
+        found.setdefault(hour, {})[(str(family), str(event_type))] = (
+            int(events), int(errors or 0), list(buckets),
         )
-        total, failed, summed = families.get(family, (0, 0, []))
+    return found
+
+
+async def _summaries(
+    conn: AsyncConnection[Any], since: datetime, until: datetime
+) -> dict[tuple[str, str], Summary]:
+    merged: dict[tuple[str, str], Summary] = {}
+    for by_type in (await _hourly(conn, since, until)).values():
+        _merge(merged, by_type)
+    return merged
+
+
+def _merge(into: dict[Key, Summary], more: Mapping[Key, Summary]) -> None:
+    for key, (events, errors, buckets) in more.items():
+        total, failed, summed = into.get(key, (0, 0, []))
+        summed = list(summed)
         add(summed, buckets)
-        families[family] = (total + int(events), failed + errors, summed)
+        into[key] = (total + events, failed + errors, summed)
+
+
+def _report(totals: Mapping[tuple[str, str], Summary]) -> dict[str, Any]:
+    by_type = [
+        {"type": event_type, "family": family, **_summary(events, errors, buckets)}
+        for (family, event_type), (events, errors, buckets) in sorted(totals.items())
+    ]
+    families: dict[str, Summary] = {}
+    for (family, _), summary in totals.items():
+        _merge(families, {family: summary})
     by_family = [
         {"family": family, **_summary(events, errors, buckets)}
         for family, (events, errors, buckets) in sorted(families.items())

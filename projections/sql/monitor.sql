@@ -25,20 +25,25 @@ SELECT topic, "partition", "offset" FROM ops.projection_offsets
 WHERE projection = ANY(%(projections)s::text[])
 
 -- name: latency
--- Events, errors and latency buckets per family and type since a time.
-SELECT s.family, s.type, sum(s.events)::bigint,
-       (sum(s.events) FILTER (WHERE s.status = 'dead_lettered'))::bigint,
-       ARRAY(
-           SELECT sum(b.n)::bigint
-           FROM ops.event_stats AS t,
-                unnest(t.lag_buckets) WITH ORDINALITY AS b(n, i)
-           WHERE t.family = s.family AND t.type = s.type AND t.minute >= %(since)s
-           GROUP BY b.i ORDER BY b.i
-       )
-FROM ops.event_stats AS s
-WHERE s.minute >= %(since)s
-GROUP BY s.family, s.type
-ORDER BY s.family, s.type
+-- Events, errors and latency buckets per hour, family and type of a time range, in one pass
+-- over its rows; rows of minutes that ended never change.
+WITH window_rows AS (
+    SELECT date_trunc('hour', minute) AS hour, family, type, status, events, lag_buckets
+    FROM ops.event_stats WHERE minute >= %(since)s AND minute < %(until)s
+), totals AS (
+    SELECT hour, family, type, sum(events)::bigint AS events,
+           (sum(events) FILTER (WHERE status = 'dead_lettered'))::bigint AS errors
+    FROM window_rows GROUP BY hour, family, type
+), buckets AS (
+    SELECT w.hour, w.family, w.type, b.i, sum(b.n)::bigint AS n
+    FROM window_rows AS w, unnest(w.lag_buckets) WITH ORDINALITY AS b(n, i)
+    GROUP BY w.hour, w.family, w.type, b.i
+), histograms AS (
+    SELECT hour, family, type, array_agg(n ORDER BY i) AS counts
+    FROM buckets GROUP BY hour, family, type
+)
+SELECT t.hour, t.family, t.type, t.events, t.errors, coalesce(h.counts, '{}')
+FROM totals AS t LEFT JOIN histograms AS h USING (hour, family, type)
 
 -- name: dead_letters
 SELECT id, event_id, type, family, handler, error_type, error_message, attempts,
@@ -99,17 +104,21 @@ WHERE first_failed_at >= now() - make_interval(secs => %(seconds)s)
 
 -- name: slow_minutes
 -- Per minute of the window, the events and latency buckets of all families, newest first.
-SELECT s.minute, sum(s.events)::bigint,
-       ARRAY(
-           SELECT sum(b.n)::bigint
-           FROM ops.event_stats AS t, unnest(t.lag_buckets) WITH ORDINALITY AS b(n, i)
-           WHERE t.minute = s.minute
-           GROUP BY b.i ORDER BY b.i
-       )
-FROM ops.event_stats AS s
-WHERE s.minute >= now() - make_interval(secs => %(seconds)s)
-GROUP BY s.minute
-ORDER BY s.minute DESC
+WITH window_rows AS (
+    SELECT minute, events, lag_buckets FROM ops.event_stats
+    WHERE minute >= now() - make_interval(secs => %(seconds)s)
+), totals AS (
+    SELECT minute, sum(events)::bigint AS events FROM window_rows GROUP BY minute
+), buckets AS (
+    SELECT w.minute, b.i, sum(b.n)::bigint AS n
+    FROM window_rows AS w, unnest(w.lag_buckets) WITH ORDINALITY AS b(n, i)
+    GROUP BY w.minute, b.i
+), histograms AS (
+    SELECT minute, array_agg(n ORDER BY i) AS counts FROM buckets GROUP BY minute
+)
+SELECT t.minute, t.events, coalesce(h.counts, '{}')
+FROM totals AS t LEFT JOIN histograms AS h USING (minute)
+ORDER BY t.minute DESC
 
 -- name: paused_families
 SELECT family, paused_at, resume_at, reason FROM ops.family_pauses ORDER BY family
