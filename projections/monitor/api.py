@@ -30,6 +30,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from psycopg.errors import QueryCanceled
 from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -133,6 +134,11 @@ def create_app(settings: Settings, pool: AsyncConnectionPool, token: Secret | No
                 return error(str(exc), 400)
             except DependencyUnavailable as exc:
                 return error(f"PostgreSQL unavailable: {exc}", 503, {"Retry-After": "5"})
+            except QueryCanceled:
+                return error(
+                    "PostgreSQL did not answer within the 5 s statement timeout; retry, or "
+                    "ask for a shorter window", 503, {"Retry-After": "5"},
+                )
 
         return Route(path, endpoint, methods=["GET"])
 

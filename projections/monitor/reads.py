@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any, TypeVar
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
 from projections.database import queries
-from projections.latency import add, percentile
+from projections.latency import BOUNDS_MS, add, percentile
 from streams.log.routing import FAMILIES
 from streams.log.topics import topic_name
 
@@ -162,13 +163,24 @@ async def _hourly(
     conn: AsyncConnection[Any], since: datetime, until: datetime
 ) -> dict[datetime, dict[tuple[str, str], Summary]]:
     found: dict[datetime, dict[tuple[str, str], Summary]] = {}
-    for hour, family, event_type, events, errors, buckets in await _rows(
-        conn, "latency", {"since": since, "until": until}
-    ):
+    async with conn.transaction():
+        cursor = await conn.execute(_latency_statement(), {"since": since, "until": until})
+        rows = await cursor.fetchall()
+    for hour, family, event_type, events, errors, buckets in rows:
         found.setdefault(hour, {})[(str(family), str(event_type))] = (
             int(events), int(errors or 0), list(buckets),
         )
     return found
+
+
+@cache
+def _latency_statement() -> bytes:
+    """The ``latency`` query with one sum per latency bucket (summing arrays element-wise)."""
+    sums = sql.SQL(", ").join(
+        sql.SQL("coalesce(sum(lag_buckets[{}]), 0)").format(sql.Literal(index))
+        for index in range(1, len(BOUNDS_MS) + 1)
+    )
+    return sql.SQL(queries("monitor")["latency"]).format(bucket_sums=sums).as_bytes()
 
 
 async def _summaries(

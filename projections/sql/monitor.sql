@@ -26,24 +26,14 @@ WHERE projection = ANY(%(projections)s::text[])
 
 -- name: latency
 -- Events, errors and latency buckets per hour, family and type of a time range, in one pass
--- over its rows; rows of minutes that ended never change.
-WITH window_rows AS (
-    SELECT date_trunc('hour', minute) AS hour, family, type, status, events, lag_buckets
-    FROM ops.event_stats WHERE minute >= %(since)s AND minute < %(until)s
-), totals AS (
-    SELECT hour, family, type, sum(events)::bigint AS events,
-           (sum(events) FILTER (WHERE status = 'dead_lettered'))::bigint AS errors
-    FROM window_rows GROUP BY hour, family, type
-), buckets AS (
-    SELECT w.hour, w.family, w.type, b.i, sum(b.n)::bigint AS n
-    FROM window_rows AS w, unnest(w.lag_buckets) WITH ORDINALITY AS b(n, i)
-    GROUP BY w.hour, w.family, w.type, b.i
-), histograms AS (
-    SELECT hour, family, type, array_agg(n ORDER BY i) AS counts
-    FROM buckets GROUP BY hour, family, type
-)
-SELECT t.hour, t.family, t.type, t.events, t.errors, coalesce(h.counts, '{}')
-FROM totals AS t LEFT JOIN histograms AS h USING (hour, family, type)
+-- over its rows; rows of minutes that ended never change. {bucket_sums} is one sum per
+-- bucket: sum(lag_buckets[1]), sum(lag_buckets[2]), ...
+SELECT date_trunc('hour', minute), family, type, sum(events)::bigint,
+       (sum(events) FILTER (WHERE status = 'dead_lettered'))::bigint,
+       ARRAY[{bucket_sums}]::bigint[]
+FROM ops.event_stats
+WHERE minute >= %(since)s AND minute < %(until)s
+GROUP BY 1, family, type
 
 -- name: dead_letters
 SELECT id, event_id, type, family, handler, error_type, error_message, attempts,
@@ -72,8 +62,8 @@ SELECT event_id, type, family, object_id, account, livemode, created, received_a
        endpoint, log_partition, log_offset
 FROM ops.event_log
 WHERE object_id = %(object_id)s
-  AND (%(after_created)s::timestamptz IS NULL
-       OR (created, event_id) > (%(after_created)s, %(after_id)s::text))
+  AND (created, event_id) > (coalesce(%(after_created)s::timestamptz, '-infinity'),
+                             coalesce(%(after_id)s::text, ''))
 ORDER BY created, event_id
 LIMIT %(limit)s
 

@@ -39,7 +39,8 @@ CREATE INDEX event_log_object_idx ON ops.event_log (object_id, created);
 CREATE INDEX event_log_status_idx ON ops.event_log (status, received_at)
     WHERE status <> 'processed';
 
--- Every stage of an event after its first delivery reached a family agent, one row each.
+-- Stages ops.event_log cannot hold (its row has how an event arrived and its first outcome):
+-- duplicates, dead letters, retries, replays and resolutions, one row each.
 CREATE TABLE ops.event_trail (
     event_id    text NOT NULL,
     at          timestamptz NOT NULL,
@@ -56,6 +57,9 @@ CREATE TABLE ops.event_trail (
 ) PARTITION BY RANGE (at);
 CREATE TABLE ops.event_trail_default PARTITION OF ops.event_trail DEFAULT;
 CREATE INDEX event_trail_event_idx ON ops.event_trail (event_id, at);
+COMMENT ON TABLE ops.event_trail IS
+    'Stages of events that ops.event_log cannot hold: duplicates, dead letters, retries, '
+    'replays and resolutions, one row each, written in the transaction that did it.';
 
 CREATE TABLE ops.endpoint_activity (
     endpoint         text NOT NULL,
@@ -95,6 +99,9 @@ CREATE INDEX dead_letters_open_idx ON ops.dead_letters (last_failed_at) WHERE st
 CREATE INDEX dead_letters_event_idx ON ops.dead_letters (event_id);
 CREATE INDEX dead_letters_type_idx ON ops.dead_letters (type, status);
 CREATE INDEX dead_letters_unpublished_idx ON ops.dead_letters (id) WHERE NOT published;
+CREATE INDEX dead_letters_first_failed_idx ON ops.dead_letters (first_failed_at);
+CREATE INDEX dead_letters_open_first_failed_idx ON ops.dead_letters (first_failed_at)
+    WHERE status = 'open';
 
 CREATE TABLE ops.batch_jobs (
     id          bigserial PRIMARY KEY,
@@ -136,6 +143,7 @@ CREATE TABLE ops.event_stats (
     PRIMARY KEY (minute, family, type, status)
 );
 CREATE INDEX event_stats_type_idx ON ops.event_stats (type, minute);
+CREATE INDEX event_stats_minute_idx ON ops.event_stats (minute) INCLUDE (status, events);
 
 CREATE TABLE ops.family_pauses (
     family    text PRIMARY KEY,
