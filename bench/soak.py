@@ -53,7 +53,9 @@ first 10 s of 1 s or more, or an event lost or left undelivered); it reports the
 held.
 
 The machine is shared: every table says how busy it was (2.00 busy cores = both cores) and the
-CPU each process spent per event, from ``/proc/<pid>/stat``.
+CPU each process spent per event, from ``/proc/<pid>/stat``. The processes' logs, every
+request's answer and the p50 and p99 of each second (``latency.csv``) stay in the run's
+directory under /tmp/stripe-streams-bench.
 """
 
 from __future__ import annotations
