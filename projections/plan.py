@@ -52,37 +52,75 @@ RowVersion = tuple[tuple[int, int], str]
 """A mirror row's version (its event's ``created`` and log offset) and that event's id."""
 
 
+@dataclass(frozen=True, slots=True)
+class Logged:
+    """What ``ops.event_log`` holds of an event id: its status, and up to which position of
+    its log partition its deliveries were counted."""
+
+    status: str
+    log_partition: int | None = None
+    log_offset: int | None = None
+
+    def counted(self, event: ConsumedEvent) -> bool:
+        """Whether this copy lies at a log position counted already: a router that crashed
+        before committing forwards the same positions again, which no one delivered again."""
+        return (
+            event.log_offset is not None
+            and self.log_offset is not None
+            and event.log_partition == self.log_partition
+            and event.log_offset <= self.log_offset
+        )
+
+
 class BatchPlan:
     """The part of applying a batch that needs no database: triage, newest rows, outcomes.
 
     Built from the batch's fresh events (those above the stored positions), in log order, and
-    the statuses ``ops.event_log`` already holds for their ids. The first sighting of an id is
+    what ``ops.event_log`` already holds of their ids. The first sighting of an id is
     projected by its handler (a dead-lettered id seen again is another attempt, e.g. a DLQ
-    retry); any later sighting only counts a delivery.
+    retry); any later sighting at another log position only counts a delivery, and a copy of
+    a log position counted already (a router's forward repeated after a crash) is skipped.
     """
 
     def __init__(
         self,
         fresh: Sequence[ConsumedEvent],
-        logged: Mapping[str, str],
+        logged: Mapping[str, Logged],
         registry: HandlerRegistry,
     ) -> None:
-        deliveries = Counter(e.envelope.id for e in fresh)
-        self.candidates: list[Candidate] = []
         self.outcomes: dict[tuple[str, int, int], Outcome] = {}
-        known: dict[str, EventRecord] = {}
-        seen: set[str] = set()
+        copies: list[ConsumedEvent] = []
+        positions: set[tuple[str, tuple[str | int | None, ...]]] = set()
         for event in fresh:
+            stored = logged.get(event.envelope.id)
+            position = (event.envelope.id, _log_position(event))
+            if (stored is not None and stored.counted(event)) or position in positions:
+                self.outcomes[event.coordinates] = Outcome.SKIPPED
+                continue
+            positions.add(position)
+            copies.append(event)
+        deliveries = Counter(e.envelope.id for e in copies)
+        self.newest_log_offsets: dict[str, int] = {}
+        """Per event id, the newest log offset among its copies in its first copy's log
+        partition: what its event-log row counted up to."""
+        self.candidates: list[Candidate] = []
+        known: dict[str, EventRecord] = {}
+        first: dict[str, ConsumedEvent] = {}
+        for event in copies:
             event_id = event.envelope.id
-            status = logged.get(event_id)
-            if status is not None and status != Outcome.DEAD_LETTERED:
+            earlier = first.setdefault(event_id, event)
+            if event.log_offset is not None and event.log_partition == earlier.log_partition:
+                self.newest_log_offsets[event_id] = max(
+                    self.newest_log_offsets.get(event_id, event.log_offset), event.log_offset
+                )
+            stored = logged.get(event_id)
+            if stored is not None and stored.status != Outcome.DEAD_LETTERED:
                 self.outcomes[event.coordinates] = Outcome.DUPLICATE
-                known.setdefault(event_id, (event, Outcome(status), deliveries[event_id]))
-            elif event_id in seen:
+                known.setdefault(event_id, (event, Outcome(stored.status), deliveries[event_id]))
+            elif earlier is not event:
                 self.outcomes[event.coordinates] = Outcome.DUPLICATE
             else:
                 self.candidates.append(_project(event, registry, deliveries[event_id]))
-            seen.add(event_id)
         self.duplicates: list[EventRecord] = list(known.values())
         """Event-log records of ids logged before: each counts its deliveries, nothing else."""
         self.ties: dict[tuple[str, str], set[str]] = defaultdict(set)
@@ -143,6 +181,13 @@ class BatchPlan:
             self.outcomes[candidate.event.coordinates] = outcome
             records.append((candidate.event, outcome, candidate.deliveries))
         return records
+
+
+def _log_position(event: ConsumedEvent) -> tuple[str | int | None, ...]:
+    """Where a copy lies in the log; a message without its log position is one of its own."""
+    if event.log_offset is None:
+        return event.coordinates
+    return event.log_partition, event.log_offset
 
 
 def _project(event: ConsumedEvent, registry: HandlerRegistry, deliveries: int) -> Candidate:

@@ -23,7 +23,7 @@ from psycopg.types.json import Json
 
 from projections.database import queries
 from projections.latency import BOUNDS_MS
-from projections.plan import BatchPlan, Candidate, EventRecord, dumps
+from projections.plan import BatchPlan, Candidate, EventRecord, Logged, dumps
 from streams.errors import StreamsError
 from streams.handlers.registry import HandlerRegistry
 from streams.log.consumed import AppliedEvent, BatchRejected, ConsumedEvent, Outcome
@@ -172,7 +172,10 @@ async def _apply(
         {(str(t), int(p)): int(o) for t, p, o in await locking.fetchall()} if locking else {}
     )
     logged = (
-        {str(event_id): str(status) for event_id, status in await looking_up.fetchall()}
+        {
+            str(event_id): Logged(str(status), log_partition, log_offset)
+            for event_id, status, log_partition, log_offset in await looking_up.fetchall()
+        }
         if looking_up else {}
     )
     fresh = [e for e in events if e.offset > positions.get((e.topic, e.partition), -1)]
@@ -190,7 +193,10 @@ async def _apply(
     records = plan.settle(prior)
     await _mark_removed_children(conn, projecting.schema, plan.candidates)
     if projecting.audit is Audit.LIVE:
-        await record_events(conn, family, [*records, *plan.duplicates], attempts=attempts)
+        await record_events(
+            conn, family, [*records, *plan.duplicates], attempts=attempts,
+            newest_log_offsets=plan.newest_log_offsets,
+        )
         await record_trail(conn, [
             *_unusual(records, logged),
             *(trail_row(event, Stage.DUPLICATE, count, outcome.value)
@@ -323,11 +329,25 @@ async def advance_positions(
 
 
 async def record_events(
-    conn: AsyncConnection[Any], family: str, records: Sequence[EventRecord], *, attempts: int
+    conn: AsyncConnection[Any],
+    family: str,
+    records: Sequence[EventRecord],
+    *,
+    attempts: int,
+    newest_log_offsets: Mapping[str, int] | None = None,
 ) -> None:
+    """Record events in ``ops.event_log``: ``count`` deliveries each, at log positions up to
+    ``newest_log_offsets`` of its id (its own position where it has no entry)."""
     if not records:
         return
-    events = [_logged(event, outcome) | {"deliveries": count} for event, outcome, count in records]
+    newest = newest_log_offsets or {}
+    events = [
+        _logged(event, outcome) | {
+            "deliveries": count,
+            "last_log_offset": newest.get(event.envelope.id, event.log_offset),
+        }
+        for event, outcome, count in records
+    ]
     await conn.execute(
         queries("writer")["record_events"],
         {"family": family, "attempts": attempts, "events": _json(events)},
@@ -392,7 +412,7 @@ def trail_row(
 
 
 def _unusual(
-    records: Sequence[EventRecord], logged: Mapping[str, str]
+    records: Sequence[EventRecord], logged: Mapping[str, Logged]
 ) -> list[dict[str, Any]]:
     """The trail rows of a batch's projected events: only what ``ops.event_log`` cannot say.
 
@@ -402,7 +422,7 @@ def _unusual(
     """
     rows = []
     for event, outcome, deliveries in records:
-        if logged.get(event.envelope.id) == Outcome.DEAD_LETTERED:
+        if _was_dead_lettered(logged, event):
             rows.append(trail_row(event, Stage.RETRIED, deliveries, outcome.value))
         elif deliveries > 1:
             rows.append(trail_row(event, Stage.DUPLICATE, deliveries - 1, outcome.value))
@@ -436,15 +456,19 @@ def _logged(event: ConsumedEvent, outcome: Outcome) -> dict[str, Any]:
     }
 
 
+def _was_dead_lettered(logged: Mapping[str, Logged], event: ConsumedEvent) -> bool:
+    stored = logged.get(event.envelope.id)
+    return stored is not None and stored.status == Outcome.DEAD_LETTERED
+
+
 async def close_revived_dead_letters(
-    conn: AsyncConnection[Any], records: Sequence[EventRecord], logged: Mapping[str, str]
+    conn: AsyncConnection[Any], records: Sequence[EventRecord], logged: Mapping[str, Logged]
 ) -> None:
     """Mark ``retried`` the open dead letters of events that were dead-lettered and now are not."""
     revived = sorted(
         event.envelope.id
         for event, outcome, _ in records
-        if logged.get(event.envelope.id) == Outcome.DEAD_LETTERED
-        and outcome is not Outcome.DEAD_LETTERED
+        if _was_dead_lettered(logged, event) and outcome is not Outcome.DEAD_LETTERED
     )
     if revived:
         await conn.execute(queries("writer")["close_revived_dead_letters"], {"event_ids": revived})

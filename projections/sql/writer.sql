@@ -22,31 +22,36 @@ WHERE p.projection = %(projection)s AND p.topic = t.topic AND p."partition" = t.
 
 -- name: logged_events
 -- By id and created, the event log's partition key, so each lookup reads one month.
-SELECT l.event_id, l.status
+SELECT l.event_id, l.status, l.log_partition, coalesce(l.last_log_offset, l.log_offset)
 FROM unnest(%(event_ids)s::text[], %(created)s::bigint[]) AS k(event_id, created)
 JOIN ops.event_log AS l ON l.event_id = k.event_id AND l.created = to_timestamp(k.created)
 
 -- name: record_events
 -- A known event id only counts another delivery, unless it was dead-lettered: then this
 -- delivery was another attempt, and its outcome replaces the dead letter's. processed_at is
--- the clock at the end of the batch's writes, not the start of its transaction.
+-- the clock at the end of the batch's writes, not the start of its transaction. Copies of log
+-- positions counted before never reach this statement (the batch plan skips them).
 INSERT INTO ops.event_log AS l (
     event_id, type, family, object_id, account, livemode, created, received_at, processed_at,
     status, deliveries, attempts, source, topic, "partition", "offset", endpoint, log_partition,
-    log_offset
+    log_offset, last_log_offset
 )
 SELECT e.event_id, e.type, %(family)s, e.object_id, e.account, e.livemode,
        to_timestamp(e.created), e.received_at, clock_timestamp(), e.status, e.deliveries,
        %(attempts)s, e.source, e.topic, e."partition", e."offset", e.endpoint, e.log_partition,
-       e.log_offset
+       e.log_offset, e.last_log_offset
 FROM json_to_recordset(%(events)s::json) AS e(
     event_id text, type text, object_id text, account text, livemode boolean, created bigint,
     received_at timestamptz, status text, deliveries int, source text, topic text,
-    "partition" int, "offset" bigint, endpoint text, log_partition int, log_offset bigint
+    "partition" int, "offset" bigint, endpoint text, log_partition int, log_offset bigint,
+    last_log_offset bigint
 )
 ORDER BY e.event_id
 ON CONFLICT (event_id, created) DO UPDATE SET
     deliveries = l.deliveries + excluded.deliveries,
+    last_log_offset = CASE WHEN excluded.log_partition = l.log_partition
+                           THEN greatest(l.last_log_offset, l.log_offset, excluded.last_log_offset)
+                           ELSE l.last_log_offset END,
     status = CASE WHEN l.status = 'dead_lettered' THEN excluded.status ELSE l.status END,
     attempts = CASE WHEN l.status = 'dead_lettered' THEN excluded.attempts ELSE l.attempts END,
     processed_at = CASE WHEN l.status = 'dead_lettered' THEN excluded.processed_at
@@ -60,15 +65,17 @@ ON CONFLICT (event_id, created) DO UPDATE SET
 -- name: record_replayed
 -- Re-applied events get source replay (and leave dead_lettered, if that was their status);
 -- deliveries stay as they were, and so does when they were first processed: the trail
--- records the replay.
+-- records the replay. An event new to the log counts the position replay read as delivered,
+-- so the live worker's copy of it counts nothing more.
 INSERT INTO ops.event_log AS l (
     event_id, type, family, object_id, account, livemode, created, received_at, processed_at,
     status, deliveries, attempts, source, topic, "partition", "offset", endpoint, log_partition,
-    log_offset
+    log_offset, last_log_offset
 )
 SELECT e.event_id, e.type, %(family)s, e.object_id, e.account, e.livemode,
        to_timestamp(e.created), e.received_at, clock_timestamp(), e.status, 1, 1, 'replay',
-       e.topic, e."partition", e."offset", e.endpoint, e.log_partition, e.log_offset
+       e.topic, e."partition", e."offset", e.endpoint, e.log_partition, e.log_offset,
+       e.log_offset
 FROM json_to_recordset(%(events)s::json) AS e(
     event_id text, type text, object_id text, account text, livemode boolean, created bigint,
     received_at timestamptz, status text, topic text, "partition" int, "offset" bigint,

@@ -72,5 +72,14 @@ def test_a_worker_killed_mid_batch_and_restarted_gives_the_same_tables(
     with psycopg.connect(settings.database_url) as conn:
         statuses = conn.execute("SELECT DISTINCT status FROM ops.event_log").fetchall()
         dead = conn.execute("SELECT count(*) FROM ops.dead_letters").fetchone()
+        recounted = conn.execute(
+            "SELECT count(*) FROM ops.event_log WHERE deliveries <> 1"
+        ).fetchone()
+        duplicates = conn.execute(
+            "SELECT count(*) FROM ops.event_trail WHERE stage = 'duplicate'"
+        ).fetchone()
     assert statuses == [("processed",)]
     assert dead == (0,)
+    # Each event was appended once: what the router forwarded again after a kill is no delivery.
+    assert recounted == (0,)
+    assert duplicates == (0,)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from projections.plan import BatchPlan
+from projections.plan import BatchPlan, Logged
 from streams.handlers.registry import ChildSet, Event, HandlerRegistry, MirrorRow, Projection
 from streams.log.consumed import ConsumedEvent, EventRejected, Outcome
 from streams.log.envelope import EventEnvelope, EventSource
@@ -38,7 +38,7 @@ def widget_updated(event: Event) -> Projection:
 
 def widget_event(
     event_id: str, offset: int, created: int, *, object_id: str = "wid_1", colour: str = "red",
-    event_type: str = "widget.updated", **fields: object,
+    event_type: str = "widget.updated", log: tuple[int, int] | None = None, **fields: object,
 ) -> ConsumedEvent:
     payload = {
         "id": event_id, "object": "event", "type": event_type, "created": created,
@@ -48,7 +48,10 @@ def widget_event(
         payload, payload=json.dumps(payload), endpoint="default", source=EventSource.WEBHOOK,
         received_at=datetime(2026, 1, 1, tzinfo=UTC),
     )
-    return ConsumedEvent(envelope, TOPIC, 0, offset)
+    log_partition, log_offset = log or (None, None)
+    return ConsumedEvent(
+        envelope, TOPIC, 0, offset, log_offset=log_offset, log_partition=log_partition
+    )
 
 
 def outcomes(plan: BatchPlan, events: list[ConsumedEvent]) -> list[Outcome]:
@@ -128,7 +131,7 @@ def test_events_of_different_seconds_make_no_tie() -> None:
 def test_a_redelivered_id_only_counts_a_delivery() -> None:
     first, again = widget_event("evt_1", 1, 100), widget_event("evt_1", 2, 100)
     known = widget_event("evt_0", 3, 90)
-    plan = BatchPlan([first, again, known], {"evt_0": "processed"}, widgets)
+    plan = BatchPlan([first, again, known], {"evt_0": Logged("processed")}, widgets)
 
     records = plan.settle({})
 
@@ -145,12 +148,43 @@ def test_a_redelivered_id_only_counts_a_delivery() -> None:
 
 def test_a_dead_lettered_id_seen_again_is_tried_again() -> None:
     retried = widget_event("evt_dead", 4, 100)
-    plan = BatchPlan([retried], {"evt_dead": "dead_lettered"}, widgets)
+    plan = BatchPlan([retried], {"evt_dead": Logged("dead_lettered")}, widgets)
 
     plan.settle({})
 
     assert outcomes(plan, [retried]) == [Outcome.PROCESSED]
     assert plan.duplicates == []
+
+
+def test_a_router_forwarding_a_log_position_again_counts_no_delivery() -> None:
+    logged = {"evt_0": Logged("processed", 0, 50), "evt_dead": Logged("dead_lettered", 0, 40)}
+    forwarded_again = widget_event("evt_0", 7, 90, log=(0, 50))
+    redelivered = widget_event("evt_0", 8, 90, log=(0, 61))
+    dead_again = widget_event("evt_dead", 9, 80, object_id="wid_2", log=(0, 40))
+    fresh = widget_event("evt_1", 10, 100, log=(0, 70))
+    fresh_again = widget_event("evt_1", 11, 100, log=(0, 70))
+    batch = [forwarded_again, redelivered, dead_again, fresh, fresh_again]
+    plan = BatchPlan(batch, logged, widgets)
+
+    records = plan.settle({})
+
+    assert outcomes(plan, batch) == [
+        Outcome.SKIPPED, Outcome.DUPLICATE, Outcome.SKIPPED, Outcome.PROCESSED, Outcome.SKIPPED,
+    ]
+    assert [(e.envelope.id, n) for e, _, n in records] == [("evt_1", 1)]
+    assert [(e.envelope.id, n) for e, _, n in plan.duplicates] == [("evt_0", 1)]
+    assert plan.newest_log_offsets == {"evt_0": 61, "evt_1": 70}
+
+
+def test_copies_of_an_id_at_two_log_positions_count_up_to_the_newer() -> None:
+    first = widget_event("evt_1", 1, 100, log=(0, 5))
+    again = widget_event("evt_1", 2, 100, log=(0, 9))
+    plan = BatchPlan([first, again], {}, widgets)
+
+    records = plan.settle({})
+
+    assert [(e.envelope.id, n) for e, _, n in records] == [("evt_1", 2)]
+    assert plan.newest_log_offsets == {"evt_1": 9}
 
 
 def test_a_type_without_handler_is_unhandled_and_writes_nothing() -> None:
