@@ -69,3 +69,19 @@ def test_a_job_under_the_limit_or_with_yielding_off_goes_straight_on() -> None:
     off = ScriptedTraffic(0, [])
     asyncio.run(off.give_way(job()))
     assert off.checks == 0
+
+
+def test_workers_found_standing_still_are_not_waited_for_again_until_they_move() -> None:
+    still = ScriptedTraffic(2000, itertools.repeat((9000, 10)))
+
+    async def batch(traffic: ScriptedTraffic) -> int:
+        before = traffic.checks
+        await asyncio.wait_for(traffic.give_way(job()), timeout=5)
+        return traffic.checks - before
+
+    assert asyncio.run(batch(still)) > 1
+    # Still where they stood: the next batch goes straight on.
+    assert asyncio.run(batch(still)) == 1
+    # Once they move again, a batch waits for them again.
+    still.script = iter([(9000, 12), (9000, 14), (1000, 16)])
+    assert asyncio.run(batch(still)) == 3
