@@ -1,9 +1,10 @@
 """`services up|down|status` on private ports: idempotent start, stop by pid, nothing left; a
-three-node cluster that keeps taking writes when a node is killed."""
+three-node cluster that keeps taking the gateway's writes in time when a node is killed."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import shutil
@@ -18,10 +19,12 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.partitioner import DefaultPartitioner
 
+from ingest.producer import EventLog
 from streams.cli import main
 from streams.devtools.services import LocalServices, kafka
 from streams.devtools.services.kafka import LocalKafka, free_port_block
@@ -162,25 +165,37 @@ async def partition_state(bootstrap: str, topic: str) -> dict[str, Any]:
     return dict(partition)
 
 
-async def produce_through_a_node_loss(
-    bootstrap: str, topic: str, victim: int, count: int
-) -> list[int]:
-    """Write ``count`` messages with acks=all, SIGKILLing pid ``victim`` halfway; their offsets."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-        request_timeout_ms=40_000,
-    )
-    offsets = []
-    await producer.start()
+def keys_of_partition_0(count: int, partitions: int) -> list[bytes]:
+    """Object ids the gateway's producer sends to partition 0 of a topic of ``partitions``."""
+    partitioner = DefaultPartitioner()
+    every = list(range(partitions))
+    candidates = (f"cus_{n}".encode() for n in itertools.count())
+    return list(itertools.islice(
+        (key for key in candidates if partitioner(key, every, every) == 0), count
+    ))
+
+
+async def append_through_a_node_loss(
+    settings: Settings, victim: int, keys: list[bytes]
+) -> float:
+    """Append one message per key as the gateway does, SIGKILLing pid ``victim`` halfway.
+
+    Returns the slowest append's seconds; an append past the produce timeout raises
+    LogUnavailable, which the gateway would answer 503.
+    """
+    log = EventLog(settings)
+    await log.start()
+    slowest = 0.0
     try:
-        for n in range(count):
-            if n == count // 2:
+        for n, key in enumerate(keys):
+            if n == len(keys) // 2:
                 os.kill(victim, signal.SIGKILL)
-            sent = await producer.send_and_wait(topic, str(n).encode(), partition=0)
-            offsets.append(sent.offset)
+            began = time.monotonic()
+            await log.append(key, str(n).encode())
+            slowest = max(slowest, time.monotonic() - began)
     finally:
-        await producer.stop()
-    return offsets
+        await log.stop()
+    return slowest
 
 
 async def read_partition(bootstrap: str, topic: str, count: int) -> list[bytes]:
@@ -244,9 +259,14 @@ def test_a_three_node_cluster_replicates_topics_and_takes_writes_with_a_node_kil
     survivors = [node for node in cluster.nodes if node.node_id != leader]
     bootstrap = ",".join(node.address for node in survivors)
 
-    offsets = asyncio.run(produce_through_a_node_loss(cluster.bootstrap_servers, log, victim, 20))
+    # Through the gateway's producer and its 5 s produce timeout: the loss costs no 503.
+    gateway = Settings.from_env({
+        "KAFKA_BOOTSTRAP_SERVERS": cluster.bootstrap_servers, "STRIPE_STREAMS_TOPIC_PREFIX": "acme",
+        "STRIPE_STREAMS_PARTITIONS": "3", "STRIPE_STREAMS_KAFKA_BROKERS": "3",
+    })
+    slowest = asyncio.run(append_through_a_node_loss(gateway, victim, keys_of_partition_0(20, 3)))
 
-    assert offsets == list(range(20))
+    assert slowest < gateway.produce_timeout
     after = asyncio.run(partition_state(bootstrap, log))
     assert sorted(after["isr"]) == sorted(node.node_id for node in survivors)
     assert asyncio.run(read_partition(bootstrap, log, 20)) == [str(n).encode() for n in range(20)]

@@ -42,6 +42,7 @@ def test_a_single_node_is_its_own_quorum_with_unreplicated_internal_topics(
         REPLICATION_KEYS, "1"
     )
     assert "-Xmx768m" in single.java_command(node)
+    assert "broker.session.timeout.ms" not in properties
 
 
 REPLICATION_KEYS = [
@@ -72,6 +73,8 @@ def test_three_nodes_form_one_quorum_each_on_its_own_ports_and_storage(tmp_path:
     ]
     for config in configs.values():
         assert [config[key] for key in REPLICATION_KEYS] == ["3", "3", "3", "2", "2"]
+        # Fenced before the gateway's produce timeout: failover costs no 503.
+        assert int(config["broker.session.timeout.ms"]) < 5000
     assert cluster.bootstrap_servers == "127.0.0.1:19092,127.0.0.1:19094,127.0.0.1:19096"
     assert all("-Xmx384m" in cluster.java_command(node) for node in cluster.nodes)
 

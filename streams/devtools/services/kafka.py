@@ -211,7 +211,17 @@ class LocalKafka:
         voters = ",".join(
             f"{other.node_id}@{other.host}:{other.controller_port}" for other in self.nodes
         )
+        # A crashed node's partitions have no leader until the active controller fences it,
+        # and a crashed controller must first be replaced: with Kafka's defaults (9 s, and 2 s
+        # plus an election) that outlasts the gateway's 5 s produce timeout, which answers 503.
+        failover = {
+            "broker.session.timeout.ms": "2000",
+            "broker.heartbeat.interval.ms": "500",
+            "controller.quorum.fetch.timeout.ms": "1000",
+            "controller.quorum.election.timeout.ms": "500",
+        } if self.brokers > 1 else {}
         return {
+            **failover,
             "process.roles": "broker,controller",
             "node.id": str(node.node_id),
             "controller.quorum.voters": voters,
