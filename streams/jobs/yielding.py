@@ -26,8 +26,8 @@ from streams.settings import Settings
 
 _CHECK_EVERY = 0.5
 _STALLED = 10.0
-"""Seconds without the workers moving a position or a commit (Faust commits every few
-seconds) after which a job stops waiting for them, until they move again."""
+"""Seconds without the workers moving a position or a commit (they commit every second)
+after which a job stops waiting for them, until they move again."""
 _LONGEST_WAIT = 60.0
 """A job waits at most this long per batch: it must end even beside workers that stopped."""
 
