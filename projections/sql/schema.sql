@@ -28,11 +28,15 @@ CREATE TABLE ops.event_log (
     endpoint      text,
     log_partition integer,
     log_offset    bigint,
+    last_log_offset bigint,
     -- Partitioned by the event's own created time, which every copy of an event carries.
     CONSTRAINT event_log_pkey PRIMARY KEY (event_id, created)
 ) PARTITION BY RANGE (created);
 -- Monthly partitions are created ahead by projections/partitions.py; this one takes the rest.
 CREATE TABLE ops.event_log_default PARTITION OF ops.event_log DEFAULT;
+COMMENT ON COLUMN ops.event_log.last_log_offset IS
+    'Newest offset in log_partition of <prefix>.events whose delivery deliveries counts '
+    '(null: log_offset).';
 -- The audit trail looks events up by id and by object; the overview finds the oldest event
 -- still dead-lettered.
 CREATE INDEX event_log_object_idx ON ops.event_log (object_id, created);
