@@ -97,6 +97,7 @@ import psycopg
 import uvloop
 from aiokafka import AIOKafkaClient, TopicPartition
 from pipeline import LOG_DIR, busy_ticks, free_port, lifecycle_stream, percentile
+from pipeline import stop as stop_process
 from psycopg import sql
 from rich.console import Console
 from rich.table import Table
@@ -679,12 +680,7 @@ class Pipeline:
     def stop(self) -> None:
         for process in [self.gateway, *self.workers]:
             if process is not None and process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+                stop_process(process)
 
 
 @dataclass(frozen=True)
